@@ -1,0 +1,1 @@
+"""scrapsort edge runtime: everything that runs next to the belt. Needs no torch."""

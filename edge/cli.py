@@ -1,0 +1,146 @@
+"""`scrapsort` command line: one entry point, one subcommand per job.
+
+Subcommands import their module only when run, so the edge commands work on a Jetson
+without torch, and a missing workstation package is a clear message, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from edge.config import Config, load_config
+from edge.deps import require_workstation
+from edge.errors import ScrapsortError
+
+DEFAULT_CONFIG = "configs/default.yaml"
+log = logging.getLogger("scrapsort")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if getattr(args, "run_dir", None):
+        config = config.replace(run_dir=args.run_dir)
+    return config
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from train.prepare import format_report, prepare
+
+    config = _config(args)
+    data_root = Path(args.data or config.data.root)
+    report = prepare(config, data_root, config.run_path, progress=not args.quiet)
+    print(format_report(report))
+    print(f"manifest: {config.run_path / 'manifest.json'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train = require_workstation("train.train")
+    config = _config(args)
+    if args.epochs:
+        config = config.replace(train=_replace(config.train, epochs=args.epochs))
+    result = train.train(config, resume=args.resume, progress=not args.quiet)
+    print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
+          f"checkpoint {result['checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate
+
+    config = _config(args)
+    metrics = evaluate(config, model_path=args.model, split=args.split, progress=not args.quiet)
+    print(f"{metrics['model']}: {metrics['split']} accuracy {metrics['accuracy']:.4f} "
+          f"({metrics['correct']}/{metrics['count']}), weighted F1 {metrics['weighted']['f1']:.4f}")
+    print(f"written: {', '.join(metrics['outputs'])}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    export = require_workstation("train.export")
+    config = _config(args)
+    result = export.export(config, checkpoint=args.checkpoint, dynamic_batch=args.dynamic_batch)
+    print(f"ONNX {result['onnx']} (opset {result['opset']}): max |ONNX Runtime - PyTorch| = "
+          f"{result['max_abs_diff']:.2e} over {result['parity_images']} images")
+    print(f"TorchScript {result['torchscript']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edge.predict import predict_paths
+
+    records = predict_paths(args.model, args.images, top=args.top)
+    failures = 0
+    for rec in records:
+        if "error" in rec:
+            failures += 1
+            print(f"{rec['path']}: ERROR {rec['error']}")
+            continue
+        top = ", ".join(f"{t['class']} {t['confidence']:.3f}" for t in rec["top"])
+        print(f"{rec['path']}: {rec['class']} ({rec['confidence']:.3f})  top-{args.top}: {top}")
+    if args.json:
+        with open(args.json, "w") as out:
+            out.writelines(json.dumps(rec) + "\n" for rec in records)
+    if failures:
+        print(f"{failures} of {len(records)} file(s) could not be classified", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def _replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scrapsort", description="Scrap sorting: train, export and run.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help_text: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if config:
+            p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+            p.add_argument("--run-dir", help="where artefacts go (default: the config's run_dir)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return p
+
+    p = command("prepare", cmd_prepare, "check a class-folder dataset and write the split manifest")
+    p.add_argument("--data", help="class-folder tree (default: the config's data.root)")
+    p = command("train", cmd_train, "fine-tune the backbone on the train split")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split")
+    p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p = command("export", cmd_export, "export the best checkpoint to ONNX (+ TorchScript), parity-checked")
+    p.add_argument("--checkpoint", help="default: the run's best.pt")
+    p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis instead of batch 1")
+    p = command("predict", cmd_predict, "classify images or folders", config=False)
+    p.add_argument("model", help="model.onnx, best.pt or model.ts")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top", type=int, default=3, help="how many classes to list (default 3)")
+    p.add_argument("--json", help="write one JSON record per image to this file")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ScrapsortError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Typed, strict configuration: YAML in, frozen dataclasses out.
+
+configs/*.yaml is the single source of truth for classes, preprocessing, data paths and
+training. Every section is a dataclass; unknown keys, wrong types and bad values raise
+ConfigError naming the file and the key, so nothing starts in an unknown state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from edge.errors import ConfigError
+
+BACKBONES = ("efficientnet_lite0", "resnet18")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "../shared/datasets/trashnet"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet_lite0"
+    # "imagenet": the offline ImageNet weights for the backbone; "none": from scratch;
+    # anything else: path to a state_dict file.
+    weights: str = "imagenet"
+    input_size: int = 224
+    # Leading stages kept frozen while fine-tuning (0 trains everything).
+    freeze_stages: int = 3
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    # "auto" picks the backbone's own normalisation (see edge.preprocess.NORMALISATIONS).
+    normalisation: str = "auto"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: float = 0.5
+    rotation_deg: float = 15.0
+    translate: float = 0.1
+    color_jitter: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    early_stop_patience: int = 5
+    class_weights: bool = True
+    workers: int = 2
+    seed: int = 42
+    device: str = "auto"
+    cache_images: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    dynamic_batch: bool = False
+    parity_images: int = 16
+    parity_tolerance: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Config:
+    classes: Tuple[str, ...] = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    source_file: str = field(default="<defaults>", compare=False)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source_file")
+        return data
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; raises ConfigError with file and key on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (pass --config with an existing file, "
+                          f"e.g. configs/default.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
+    config = _build(Config, raw, source, "")
+    config = dataclasses.replace(config, source_file=source)
+    _check_values(config, source)
+    return config
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_file"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' "
+                          f"(allowed here: {', '.join(sorted(fields))})")
+    values = {name: _coerce(hints[name], raw[name], source, prefix + name)
+              for name in fields if name in raw}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _coerce(inner, value, source, key)
+    if origin in (tuple, list, Tuple, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        inner = typing.get_args(hint)[0]
+        return tuple(_coerce(inner, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _check_values(c: Config, source: str) -> None:
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"{source}: '{key}' {msg}")
+
+    if len(c.classes) < 2 or len(set(c.classes)) != len(c.classes):
+        bad("classes", "must list at least two distinct class names")
+    if c.model.backbone not in BACKBONES:
+        bad("model.backbone", f"must be one of {', '.join(BACKBONES)}, got {c.model.backbone!r}")
+    if not 32 <= c.model.input_size <= 1024:
+        bad("model.input_size", f"must be between 32 and 1024, got {c.model.input_size}")
+    if c.model.freeze_stages < 0:
+        bad("model.freeze_stages", "must be >= 0")
+    fractions = c.data.val_fraction + c.data.test_fraction
+    if not (0 < c.data.val_fraction < 1 and 0 < c.data.test_fraction < 1 and fractions < 1):
+        bad("data.val_fraction", "and data.test_fraction must be in (0, 1) and sum below 1")
+    for key in ("epochs", "batch_size"):
+        if getattr(c.train, key) < 1:
+            bad(f"train.{key}", "must be >= 1")
+    if c.train.device not in ("auto", "cpu", "cuda"):
+        bad("train.device", "must be auto, cpu or cuda")
+    from edge.preprocess import NORMALISATIONS  # late import: preprocess needs no config
+
+    if c.preprocess.normalisation not in ("auto",) + tuple(NORMALISATIONS):
+        bad("preprocess.normalisation", f"must be auto or one of {', '.join(NORMALISATIONS)}")

@@ -1,0 +1,70 @@
+"""Image decoding that refuses what would silently mislead the model.
+
+OpenCV decodes a truncated JPEG into a half-grey picture with only a warning on stderr;
+here it is an ImageError naming the file and the reason. Grayscale, alpha and 16-bit
+images are converted to 8-bit BGR so every later stage sees one format.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
+_MIN_SIDE = 8
+
+
+def check_complete(data: bytes, name: str) -> None:
+    """Raise ImageError when a JPEG/PNG stream is empty or cut short."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-1024:].rstrip(b"\x00\r\n "):
+        raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")
+    if data.startswith(_PNG_SIGNATURE) and _PNG_IEND not in data[-16:]:
+        raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Encoded bytes -> BGR uint8 HxWx3, or ImageError with the reason."""
+    check_complete(data, name)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(f"{name}: not a decodable image")
+    return to_bgr8(image, name)
+
+
+def read_image(path: Union[str, Path]) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_image(data, str(path))
+
+
+def to_bgr8(image: np.ndarray, name: str = "frame") -> np.ndarray:
+    """Any 2-D/3-D OpenCV image -> contiguous BGR uint8, or ImageError if unusable."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        raise ImageError(f"{name}: expected an HxW or HxWxC image, got shape {getattr(image, 'shape', None)}")
+    if min(image.shape[:2]) < _MIN_SIDE:
+        raise ImageError(f"{name}: image too small ({image.shape[1]}x{image.shape[0]})")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(image * 255.0, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{name}: unsupported pixel type {image.dtype}")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    elif channels == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    elif channels != 3:
+        raise ImageError(f"{name}: unsupported channel count {channels}")
+    return np.ascontiguousarray(image)

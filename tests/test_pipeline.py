@@ -1,0 +1,118 @@
+"""prepare -> train -> evaluate -> export -> predict on a tiny synthetic run."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edge.backends import open_backend
+from edge.cli import main
+from edge.config import load_config
+from edge.errors import ModelError
+from edge.images import read_image
+from edge.predict import Classifier
+from tests.conftest import CLASSES
+
+
+def test_training_writes_checkpoints_with_config_and_classes(trained_run):
+    _, run = trained_run
+    import torch
+
+    ckpt = torch.load(run / "best.pt", weights_only=False)
+    assert ckpt["classes"] == CLASSES and ckpt["config"]["model"]["input_size"] == 64
+    assert len(ckpt["history"]) == 1 and (run / "last.pt").is_file()
+    assert json.loads((run / "history.json").read_text())[0]["epoch"] == 1
+
+
+def test_resume_continues_from_last_epoch(trained_run, tmp_path):
+    config, run = trained_run
+    import shutil
+
+    copy = tmp_path / "resumed"
+    shutil.copytree(run, copy)
+    assert main(["train", "--config", str(config), "--run-dir", str(copy), "--epochs", "2", "--resume", "-q"]) == 0
+    history = json.loads((copy / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_evaluate_writes_metrics_and_pngs(trained_run):
+    config, run = trained_run
+    assert main(["evaluate", "--config", str(config), "-q"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["count"] == 6
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["count"]
+    assert metrics["correct"] == sum(metrics["confusion_matrix"][i][i] for i in range(6))
+    for png in ("confusion_matrix.png", "training_history.png"):
+        assert (run / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_onnx_export_has_metadata_and_parity(trained_run):
+    _, run = trained_run
+    result = json.loads((run / "export.json").read_text())
+    assert result["max_abs_diff"] < 1e-4 and result["parity_images"] == 4
+    proto = onnx.load(str(run / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["scrapsort.classes"]) == CLASSES
+    assert json.loads(meta["scrapsort.preprocess"])["mean"] == [127.0, 127.0, 127.0]
+    assert proto.opset_import[0].version == 17
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 64]
+
+
+def test_all_model_formats_agree(trained_run):
+    _, run = trained_run
+    image = read_image(sorted((run.parent / "data" / "glass").glob("*.jpg"))[0])
+    outputs = {}
+    for name in ("model.onnx", "best.pt", "model.ts"):
+        with open_backend(run / name) as backend:
+            outputs[name] = Classifier(backend).logits(image).copy()
+    np.testing.assert_allclose(outputs["model.onnx"], outputs["best.pt"], atol=1e-4)
+    np.testing.assert_allclose(outputs["model.ts"], outputs["best.pt"], atol=1e-4)
+
+
+def test_predict_json_and_bad_files(trained_run, tmp_path, capsys):
+    _, run = trained_run
+    images = run.parent / "data" / "metal"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((images / "metal0.jpg").read_bytes()[:300])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    out = tmp_path / "predictions.jsonl"
+    code = main(["predict", str(run / "model.onnx"), str(images), str(broken), str(text), "--json", str(out)])
+    assert code == 2  # some files failed, all were processed
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 10
+    good = [r for r in records if "error" not in r]
+    assert len(good) == 8
+    for record in good:
+        assert record["class"] in CLASSES and len(record["top"]) == 3
+        assert record["top"][0]["class"] == record["class"]
+        assert abs(sum(t["confidence"] for t in record["top"])) <= 1.0 + 1e-6
+    errors = {r["path"]: r["error"] for r in records if "error" in r}
+    assert "truncated JPEG" in errors[str(broken)] and "not a decodable image" in errors[str(text)]
+    assert "metal0.jpg" in capsys.readouterr().out
+
+
+def test_model_without_metadata_is_refused(trained_run, tmp_path):
+    _, run = trained_run
+    proto = onnx.load(str(run / "model.onnx"))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    with pytest.raises(ModelError, match="no scrapsort metadata"):
+        open_backend(bare)
+    with pytest.raises(ModelError, match="not found"):
+        open_backend(tmp_path / "missing.onnx")
+
+
+def test_resnet18_from_scratch_trains_and_exports(tmp_path, dataset, caplog):
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "r.yaml", dataset, tmp_path / "out",
+                          model={"backbone": "resnet18", "weights": "none", "input_size": 64})
+    for command in (["prepare"], ["train"], ["export"]):
+        assert main(command + ["--config", str(config), "-q"]) == 0
+    assert "trains from scratch" in caplog.text
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "model.onnx")).metadata_props}
+    assert json.loads(meta["scrapsort.preprocess"])["mean"] == [123.675, 116.28, 103.53]
+    assert load_config(config).model.backbone == "resnet18"

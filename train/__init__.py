@@ -1,0 +1,1 @@
+"""Workstation side: data preparation, fine-tuning, evaluation and export (needs torch)."""

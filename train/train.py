@@ -1,0 +1,136 @@
+"""`scrapsort train`: fine-tune an ImageNet backbone on the manifest's train split.
+
+Read top to bottom: seed, data, model, optimiser, loop (train, validate, schedule,
+checkpoint, early stop). Resumable from last.pt; best.pt is the model to use.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge.config import Config
+from edge.preprocess import Preprocessor, PreprocessSpec
+from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
+from train.models import build_model, freeze_stages, set_train_mode
+from train.prepare import MANIFEST_NAME, Manifest
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
+    run_dir = config.run_path
+    cfg = config.train
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+
+    # Data: the manifest's splits, preprocessed by the shared edge code.
+    manifest = Manifest.load(run_dir / MANIFEST_NAME)
+    spec = PreprocessSpec.for_backbone(config.model.backbone, config.model.input_size,
+                                       config.preprocess.normalisation)
+    pre = Preprocessor(spec)
+    train_items, val_items = manifest.split("train"), manifest.split("val")
+    cache = cache_resized(manifest, train_items + val_items, pre, progress) if cfg.cache_images else None
+    train_set = ManifestDataset(manifest, train_items, pre, Augment(cfg.augment, spec.input_size), cache)
+    val_set = ManifestDataset(manifest, val_items, pre, None, cache)
+    train_loader = make_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed)
+    val_loader = make_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed)
+
+    # Model, loss, optimiser, schedule.
+    model = build_model(config.model, len(manifest.classes)).to(device)
+    freeze_stages(model, config.model.backbone, config.model.freeze_stages)
+    weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=weights)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                           patience=cfg.plateau_patience)
+    state = {"epoch": 0, "best_val_acc": -1.0, "stale_epochs": 0, "history": []}
+    if resume and (run_dir / LAST).is_file():
+        state = _resume(run_dir / LAST, model, optimizer, scheduler)
+        log.info("resumed from %s after epoch %d", run_dir / LAST, state["epoch"])
+
+    def checkpoint() -> Dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "config": config.to_dict(),
+                "classes": manifest.classes, "preprocess": spec.to_json(),
+                "backbone": config.model.backbone, "torch_rng": torch.get_rng_state(), **state}
+
+    # The loop.
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["stale_epochs"] >= cfg.early_stop_patience:
+            log.info("early stop: no validation improvement for %d epochs", state["stale_epochs"])
+            break
+        started = time.monotonic()
+        set_train_mode(model, config.model.backbone, config.model.freeze_stages)
+        train_loss, train_acc = _run_epoch(model, train_loader, criterion, device, optimizer,
+                                           f"epoch {epoch}/{cfg.epochs}", progress)
+        model.eval()
+        with torch.no_grad():
+            val_loss, val_acc = _run_epoch(model, val_loader, criterion, device, None, "validate", progress)
+        scheduler.step(val_acc)
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                                 "val_loss": val_loss, "val_acc": val_acc,
+                                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
+        state["epoch"] = epoch
+        improved = val_acc > state["best_val_acc"]
+        state["best_val_acc"] = max(val_acc, state["best_val_acc"])
+        state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
+        if improved:
+            save_checkpoint(checkpoint(), run_dir / BEST)
+        save_checkpoint(checkpoint(), run_dir / LAST)
+        print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
+              f"val loss {val_loss:.3f} acc {val_acc:.3f}{' (best)' if improved else ''}", flush=True)
+
+    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return {"best_val_acc": state["best_val_acc"], "epochs": state["epoch"], "checkpoint": str(run_dir / BEST)}
+
+
+def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
+               optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool):
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+    for inputs, labels in bar:
+        inputs, labels = inputs.to(device), labels.to(device)
+        logits = model(inputs)
+        loss = criterion(logits, labels)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _resume(path: Path, model: nn.Module, optimizer, scheduler) -> Dict:
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    return {k: ckpt[k] for k in ("epoch", "best_val_acc", "stale_epochs", "history")}
