@@ -50,9 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from train.evaluate import evaluate
+    from train.evaluate import compare_precisions, evaluate, precision_table
 
     config = _config(args)
+    if args.precisions:
+        print(precision_table(compare_precisions(config, split=args.split, progress=not args.quiet)))
+        return 0
     metrics = evaluate(config, model_path=args.model, split=args.split, progress=not args.quiet)
     print(f"{metrics['model']}: {metrics['split']} accuracy {metrics['accuracy']:.4f} "
           f"({metrics['correct']}/{metrics['count']}), weighted F1 {metrics['weighted']['f1']:.4f}")
@@ -67,6 +70,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"ONNX {result['onnx']} (opset {result['opset']}): max |ONNX Runtime - PyTorch| = "
           f"{result['max_abs_diff']:.2e} over {result['parity_images']} images")
     print(f"TorchScript {result['torchscript']}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    calibrate = require_workstation("calibration.calibrate")
+    config = _config(args)
+    report = calibrate.calibrate(config, model_path=args.model, set_path=args.set, progress=not args.quiet)
+    print(f"FP16: {report['fp16']}")
+    print(f"INT8: {report['int8']} (chosen: {report['chosen']}, validation accuracy FP32 "
+          f"{report['fp32_val_accuracy']:.4f})")
+    print(f"TensorRT calibration cache: {report['trt_cache']} ({report['trt_cache_tensors']} tensors)")
     return 0
 
 
@@ -118,9 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split")
     p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--precisions", action="store_true",
+                   help="compare model.onnx / model_fp16.onnx / model_int8.onnx (JSON + markdown table)")
     p = command("export", cmd_export, "export the best checkpoint to ONNX (+ TorchScript), parity-checked")
     p.add_argument("--checkpoint", help="default: the run's best.pt")
     p.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis instead of batch 1")
+    p = command("calibrate", cmd_calibrate, "FP16 + INT8 Q/DQ ONNX and a TensorRT calibration cache")
+    p.add_argument("--model", help="FP32 ONNX (default: the run's model.onnx)")
+    p.add_argument("--set", help="reuse a saved calibration_set.json instead of drawing a new one")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

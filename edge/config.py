@@ -17,6 +17,7 @@ import yaml
 from edge.errors import ConfigError
 
 BACKBONES = ("efficientnet_lite0", "resnet18")
+CALIBRATION_METHODS = ("entropy", "percentile", "max")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,18 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    images: int = 300                   # from the train split, stratified; never test images
+    # Tried in turn; the variant with the best validation accuracy (then agreement with FP32) is kept.
+    methods: Tuple[str, ...] = ("entropy", "percentile", "max")
+    percentile: float = 99.999
+    try_float_first_last: bool = True   # also try keeping the first conv and the classifier in float
+    seed: int = 42
+    # TensorRT version written into the legacy calibration cache header (8.x/10.x implicit INT8).
+    trt_cache_version: str = "8.5.2"
+
+
+@dataclass(frozen=True)
 class Config:
     classes: Tuple[str, ...] = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
     run_dir: str = "runs/default"
@@ -87,6 +100,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     source_file: str = field(default="<defaults>", compare=False)
 
     @property
@@ -178,6 +192,11 @@ def _check_values(c: Config, source: str) -> None:
             bad(f"train.{key}", "must be >= 1")
     if c.train.device not in ("auto", "cpu", "cuda"):
         bad("train.device", "must be auto, cpu or cuda")
+    unknown = sorted(set(c.calibration.methods) - set(CALIBRATION_METHODS))
+    if unknown or not c.calibration.methods:
+        bad("calibration.methods", f"must list some of {', '.join(CALIBRATION_METHODS)}, got {unknown or '[]'}")
+    if c.calibration.images < 1:
+        bad("calibration.images", "must be >= 1")
     from edge.preprocess import NORMALISATIONS  # late import: preprocess needs no config
 
     if c.preprocess.normalisation not in ("auto",) + tuple(NORMALISATIONS):

@@ -71,3 +71,43 @@ def evaluate(config: Config, model_path: Optional[str] = None, split: str = "tes
     metrics["outputs"] = [str(p) for p in outputs]
     outputs[0].write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+
+
+def compare_precisions(config: Config, split: str = "test", progress: bool = True) -> Dict:
+    """FP32 / FP16 / INT8 ONNX side by side on one split: accuracy, per-class F1, agreement
+    with FP32 and the largest logit difference. Writes precision_comparison.{json,md}."""
+    run_dir = config.run_path
+    manifest = Manifest.load(run_dir / MANIFEST_NAME)
+    present = {p: run_dir / f for p, f in PRECISION_FILES.items() if (run_dir / f).is_file()}
+    if "fp32" not in present:
+        raise ModelError(f"{run_dir / PRECISION_FILES['fp32']}: not found; run `scrapsort export` first")
+    rows, reference = {}, None
+    for precision, path in present.items():
+        logits, labels, about = predict_split(path, manifest, split, progress)
+        reference = logits if reference is None else reference
+        report = classification_report(labels, logits.argmax(1).tolist(), manifest.classes)
+        rows[precision] = {
+            "model": str(path), "accuracy": report["accuracy"], "count": report["count"],
+            "f1": {c: v["f1"] for c, v in report["per_class"].items()},
+            "agreement_with_fp32": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+            "max_logit_diff_vs_fp32": float(np.abs(logits - reference).max()), "sha256": about["sha256"],
+        }
+    result = {"split": split, "classes": manifest.classes, "precisions": rows}
+    (run_dir / "precision_comparison.json").write_text(json.dumps(result, indent=1))
+    (run_dir / "precision_comparison.md").write_text(precision_table(result))
+    return result
+
+
+def precision_table(result: Dict) -> str:
+    classes = result["classes"]
+    head = ["precision", "top-1", "agree w/ FP32", "max logit diff"] + [f"F1 {c}" for c in classes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for precision, row in result["precisions"].items():
+        cells = [precision, f"{row['accuracy'] * 100:.2f}%", f"{row['agreement_with_fp32'] * 100:.2f}%",
+                 f"{row['max_logit_diff_vs_fp32']:.4f}"] + [f"{row['f1'][c]:.3f}" for c in classes]
+        lines.append("| " + " | ".join(cells) + " |")
+    count = next(iter(result["precisions"].values()))["count"]
+    return "\n".join(lines) + f"\n\n{result['split']} split, {count} images, ONNX Runtime CPU, batch 1.\n"

@@ -21,6 +21,7 @@ from edge.errors import ModelError
 from edge.images import read_image
 from edge.preprocess import Preprocessor
 from train.checkpoint import BEST, model_from_checkpoint
+from train.onnx_meta import add_metadata
 from train.prepare import MANIFEST_NAME, Manifest
 from train.torch_backend import TORCHSCRIPT_METADATA
 
@@ -71,13 +72,6 @@ def export_onnx(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset: 
     add_metadata(proto, metadata)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
-
-
-def add_metadata(proto: onnx.ModelProto, metadata: Dict[str, str]) -> None:
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in metadata.items():
-        prop = existing.get(key) or proto.metadata_props.add()
-        prop.key, prop.value = key, value
 
 
 def onnx_parity(model: torch.nn.Module, onnx_path: Path, images) -> float:

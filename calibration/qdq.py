@@ -1,0 +1,51 @@
+"""Explicit INT8 quantization with ONNX Runtime's quantizer: symmetric INT8 Q/DQ.
+
+Symmetric activations and weights (zero point 0) and per-channel weight scales are what
+TensorRT's explicit-quantization path requires; the same file runs in ONNX Runtime on CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from calibration.dataset import CalibrationReader
+
+METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+           "max": CalibrationMethod.MinMax}
+
+
+def first_and_last_nodes(model_path: Path) -> List[str]:
+    """The input conv and the classifier: the layers most sensitive to INT8."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    first = next(n.name for n in graph.node if n.op_type == "Conv")
+    last = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul") and set(n.output) & outputs]
+    if not last:  # a Gemm followed by a reshape/identity
+        last = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+    return [first] + last
+
+
+def quantize_int8(fp32: Path, out: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
+                  exclude: Sequence[str] = (), percentile: float = 99.999) -> None:
+    """Write a Q/DQ INT8 model; activation ranges are computed once per method and cached."""
+    reader.rewind()
+    quantize_static(
+        str(fp32), str(out), reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=METHODS[method],
+        nodes_to_exclude=list(exclude),
+        calibration_cache_path=str(ranges_cache),
+        # TensorRT's form: float weights behind a Q/DQ pair (as NVIDIA's own exporters write
+        # them) and float biases, which TensorRT folds into the INT8 kernels itself.
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                       "AddQDQPairToWeight": True, "QuantizeBias": False,
+                       "CalibTensorRangeSymmetric": True, "CalibPercentile": percentile,
+                       # bounded memory: histograms are updated every 16 images
+                       "CalibMaxIntermediateOutputs": 16},
+    )

@@ -1,0 +1,113 @@
+"""calibrate: calibration set, FP16 + INT8 Q/DQ ONNX, TensorRT cache, precision comparison."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from calibration.dataset import load_set, select_items
+from calibration.trt_cache import read_cache, version_code, write_cache
+from edge.backends import open_backend
+from edge.cli import main
+from edge.errors import DataError
+from tests.conftest import write_config
+from train.prepare import Manifest
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained_run, tmp_path_factory):
+    config, run = trained_run
+    base = tmp_path_factory.mktemp("calib")
+    shutil.copytree(run, base / "out")
+    path = write_config(base / "c.yaml", run.parent / "data", base / "out",
+                        calibration={"images": 12, "methods": ["max", "entropy"]})
+    assert main(["calibrate", "--config", str(path), "-q"]) == 0
+    return path, base / "out"
+
+
+def test_calibration_set_is_stratified_train_only(trained_run):
+    _, run = trained_run
+    manifest = Manifest.load(run / "manifest.json")
+    items = select_items(manifest, 12, seed=5)
+    assert {i.split for i in items} == {"train"}
+    assert {i.label for i in items} == set(manifest.classes)  # every class represented
+    assert items == select_items(manifest, 12, seed=5)
+
+
+def test_int8_model_is_qdq_symmetric_and_runs(calibrated):
+    _, run = calibrated
+    graph = onnx.load(str(run / "model_int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = [i for i in graph.initializer if "zero_point" in i.name]
+    assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # symmetric
+    assert all(onnx.numpy_helper.to_array(z).dtype == np.int8 for z in zero_points)
+    with open_backend(run / "model_int8.onnx") as int8, open_backend(run / "model.onnx") as fp32:
+        assert int8.info.precision == "int8" and int8.info.classes == fp32.info.classes
+        fp32.input[:] = int8.input[:] = np.random.default_rng(0).standard_normal(int8.input.shape)
+        assert np.abs(int8.infer() - fp32.infer()).max() < 2.0
+
+
+def test_report_lists_every_variant_and_keeps_the_best(calibrated):
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["int8-max", "int8-max-float-first-last", "int8-entropy", "int8-entropy-float-first-last"]
+    best = max(report["variants"], key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    assert report["chosen"] == best["name"]
+    assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
+
+
+def test_fp16_model_keeps_fp32_io(calibrated):
+    _, run = calibrated
+    model = onnx.load(str(run / "model_fp16.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    with open_backend(run / "model_fp16.onnx") as fp16, open_backend(run / "model.onnx") as fp32:
+        fp32.input[:] = fp16.input[:] = np.random.default_rng(1).standard_normal(fp16.input.shape)
+        assert np.abs(fp16.infer() - fp32.infer()).max() < 0.05
+
+
+def test_trt_cache_names_graph_tensors(calibrated):
+    _, run = calibrated
+    header, scales = read_cache(run / "calibration.cache")
+    assert header == f"TRT-{version_code('8.5.2')}-EntropyCalibration2" == "TRT-8502-EntropyCalibration2"
+    graph = onnx.load(str(run / "model.onnx")).graph
+    tensors = {graph.input[0].name} | {o for n in graph.node for o in n.output}
+    assert "input" in scales and set(scales) <= tensors
+    assert all(s > 0 for s in scales.values())
+
+
+def test_trt_cache_roundtrip(tmp_path):
+    written = write_cache({"a": (-2.54, 1.0), "b": (0.0, 0.0), "c": (-1.0, 12.7)}, tmp_path / "c", "10.3.0")
+    header, scales = read_cache(tmp_path / "c")
+    assert written == 2 and header == "TRT-100300-EntropyCalibration2"
+    assert scales == pytest.approx({"a": 0.02, "c": 0.1})
+
+
+def test_mismatched_calibration_set_is_refused(calibrated, tmp_path):
+    _, run = calibrated
+    with open_backend(run / "model.onnx") as backend:
+        info = backend.info
+    saved = json.loads((run / "calibration_set.json").read_text())
+    saved["preprocess"]["mean"] = [123.675, 116.28, 103.53]
+    (tmp_path / "other.json").write_text(json.dumps(saved))
+    with pytest.raises(DataError, match="preprocessing .* differs"):
+        load_set(tmp_path / "other.json", info)
+    saved = json.loads((run / "calibration_set.json").read_text())
+    saved["classes"] = saved["classes"][::-1]
+    (tmp_path / "classes.json").write_text(json.dumps(saved))
+    with pytest.raises(DataError, match="classes"):
+        load_set(tmp_path / "classes.json", info)
+
+
+def test_precision_comparison_table(calibrated):
+    config, run = calibrated
+    assert main(["evaluate", "--config", str(config), "--precisions", "-q"]) == 0
+    result = json.loads((run / "precision_comparison.json").read_text())
+    assert list(result["precisions"]) == ["fp32", "fp16", "int8"]
+    assert result["precisions"]["fp32"]["agreement_with_fp32"] == 1.0
+    assert result["precisions"]["fp32"]["max_logit_diff_vs_fp32"] == 0.0
+    table = (run / "precision_comparison.md").read_text()
+    assert table.count("\n| ") == 3 and "F1 trash" in table
