@@ -84,6 +84,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from jetson.build import build
+
+    config = _config(args)
+    engine = build(config, args.precision, onnx=args.onnx, out=args.output)
+    print(f"engine {engine} (+ {engine.name}.json metadata)")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edge.predict import predict_paths
 
@@ -140,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("calibrate", cmd_calibrate, "FP16 + INT8 Q/DQ ONNX and a TensorRT calibration cache")
     p.add_argument("--model", help="FP32 ONNX (default: the run's model.onnx)")
     p.add_argument("--set", help="reuse a saved calibration_set.json instead of drawing a new one")
+    p = command("build", cmd_build, "build a TensorRT engine for this device (needs TensorRT)")
+    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--onnx", help="ONNX to build from (default: the run's model for that precision)")
+    p.add_argument("--output", help="engine path (default: <run_dir>/model_<precision>.engine)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

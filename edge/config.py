@@ -92,6 +92,17 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    workspace_mib: int = 1024
+    timing_cache: str = ""        # default: <run_dir>/timing.cache, reused across builds
+    dla_core: int = -1            # >= 0 builds for that DLA core (Xavier/Orin), GPU fallback on
+    max_batch: int = 1            # > 1 adds an optimisation profile (needs a dynamic-batch ONNX)
+    # qdq: the Q/DQ ONNX (every TensorRT); calibration_cache: implicit INT8 from the legacy
+    # cache (TensorRT 8.x/10.x only).
+    int8_mode: str = "qdq"
+
+
+@dataclass(frozen=True)
 class Config:
     classes: Tuple[str, ...] = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
     run_dir: str = "runs/default"
@@ -101,6 +112,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     source_file: str = field(default="<defaults>", compare=False)
 
     @property
@@ -197,6 +209,10 @@ def _check_values(c: Config, source: str) -> None:
         bad("calibration.methods", f"must list some of {', '.join(CALIBRATION_METHODS)}, got {unknown or '[]'}")
     if c.calibration.images < 1:
         bad("calibration.images", "must be >= 1")
+    if c.engine.int8_mode not in ("qdq", "calibration_cache"):
+        bad("engine.int8_mode", "must be qdq or calibration_cache")
+    if c.engine.workspace_mib < 16 or c.engine.max_batch < 1:
+        bad("engine.workspace_mib", "must be >= 16 (and engine.max_batch >= 1)")
     from edge.preprocess import NORMALISATIONS  # late import: preprocess needs no config
 
     if c.preprocess.normalisation not in ("auto",) + tuple(NORMALISATIONS):

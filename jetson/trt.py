@@ -1,0 +1,28 @@
+"""Import TensorRT once, with the versions it may be (8.5/8.6, 10.x, 11.x)."""
+from __future__ import annotations
+
+from edge.errors import MissingDependencyError
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(
+            "TensorRT is not installed on this machine. Engines are built on the device that runs them "
+            "(a Jetson with JetPack 5/6/7, or an x86 box with TensorRT): there run `make engine PRECISION=fp16` "
+            "or `scrapsort build`. Here, use the ONNX models with ONNX Runtime.") from None
+    return tensorrt
+
+
+def major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
+def has_strong_typing(trt) -> bool:
+    """TensorRT 10+ can build strongly typed networks (11 always does): precision from the ONNX."""
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and major(trt) >= 10
+
+
+def logger(trt):
+    return trt.Logger(trt.Logger.WARNING)

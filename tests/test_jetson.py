@@ -1,0 +1,87 @@
+"""Engine metadata, mismatch refusal and the no-TensorRT path run here for real; building and
+running engines needs TensorRT and a GPU (marked `tensorrt`, skipped elsewhere with the reason)."""
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.backends import open_backend
+from edge.cli import main
+from edge.errors import ModelError
+from jetson.build import onnx_for
+from jetson.metadata import EngineMetadata, Runtime, check_match
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed on this machine (no GPU)")
+
+META = EngineMetadata(
+    tensorrt="10.3.0.30", gpu="Orin", compute_capability="8.7", precision="int8",
+    onnx_path="runs/default/model_int8.onnx", onnx_sha256="a" * 64, input_shape=[1, 3, 224, 224],
+    output_shape=[1, 6], classes=["a", "b"], preprocess="{}", built_at="2026-11-25T00:00:00",
+    strongly_typed=True)
+HERE = Runtime(tensorrt="10.3.0.30", gpu="Orin", compute_capability="8.7")
+
+
+def test_matching_engine_passes_and_build_number_is_ignored():
+    check_match(META, HERE, Path("e.engine"), onnx_sha256="a" * 64)
+    check_match(META, replace(HERE, tensorrt="10.3.0.26"), Path("e.engine"))
+
+
+@pytest.mark.parametrize("runtime, onnx_sha, expected", [
+    (Runtime("8.5.2.2", "Xavier", "7.2"), None, r"built with TensorRT 10.3.0.30 on Orin, this is TensorRT 8.5.2.2 on Xavier"),
+    (Runtime("10.3.0.30", "NVIDIA H100", "9.0"), None, r"built for Orin \(sm 8.7\), this GPU is NVIDIA H100 \(sm 9.0\)"),
+    (HERE, "b" * 64, r"stale, built from a different ONNX"),
+])
+def test_mismatch_is_refused_with_rebuild_command(runtime, onnx_sha, expected):
+    with pytest.raises(ModelError, match=expected) as err:
+        check_match(META, runtime, Path("e.engine"), onnx_sha256=onnx_sha)
+    assert "make engine PRECISION=int8" in str(err.value)
+
+
+def test_sidecar_roundtrip_and_missing_sidecar(tmp_path):
+    engine = tmp_path / "model_int8.engine"
+    engine.write_bytes(b"not really an engine")
+    with pytest.raises(ModelError, match="no metadata sidecar"):
+        open_backend(engine)  # refused before TensorRT is even imported
+    META.save(engine)
+    assert EngineMetadata.load(engine) == META
+    (tmp_path / "model_int8.engine.json").write_text("{broken")
+    with pytest.raises(ModelError, match="unreadable engine metadata"):
+        EngineMetadata.load(engine)
+
+
+def test_onnx_choice_per_tensorrt_generation(tmp_path):
+    assert onnx_for("fp16", True, "qdq", tmp_path).name == "model_fp16.onnx"     # 10.x / 11.x
+    assert onnx_for("fp16", False, "qdq", tmp_path).name == "model.onnx"         # 8.x + FP16 flag
+    assert onnx_for("int8", True, "qdq", tmp_path).name == "model_int8.onnx"
+    assert onnx_for("int8", False, "calibration_cache", tmp_path).name == "model.onnx"
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown where TensorRT is missing")
+def test_build_without_tensorrt_says_so(caplog):
+    assert main(["build", "--precision", "fp16"]) == 69
+    assert "TensorRT is not installed" in caplog.text and "make engine" in caplog.text
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_onnx_runtime(trained_run, tmp_path, precision):
+    import shutil
+
+    from tests.conftest import write_config
+
+    config, run = trained_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    path = write_config(tmp_path / "c.yaml", run.parent / "data", out, calibration={"images": 12, "methods": ["max"]})
+    if precision != "fp32":
+        assert main(["calibrate", "--config", str(path), "-q"]) == 0
+    assert main(["build", "--config", str(path), "--precision", precision]) == 0
+    engine = out / f"model_{precision}.engine"
+    with open_backend(engine) as trt_model, open_backend(out / "model.onnx") as reference:
+        trt_model.input[:] = reference.input[:] = np.random.default_rng(0).standard_normal(reference.input.shape)
+        tolerance = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}[precision]
+        assert np.abs(trt_model.infer() - reference.infer()).max() < tolerance
