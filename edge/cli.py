@@ -93,6 +93,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.run import run_line
+
+    config = _config(args)
+    if args.model:
+        config = config.replace(runtime=_replace(config.runtime, model=args.model))
+    run_line(config)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edge.predict import predict_paths
 
@@ -153,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8"))
     p.add_argument("--onnx", help="ONNX to build from (default: the run's model for that precision)")
     p.add_argument("--output", help="engine path (default: <run_dir>/model_<precision>.engine)")
+    p = command("run", cmd_run, "run the sorting line (camera loop, decisions, ejection) until stopped")
+    p.add_argument("--model", help="override runtime.model (.onnx or .engine)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

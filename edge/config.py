@@ -103,6 +103,99 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    # sim:// | file:///path/video.mp4 | folder:///path/images | v4l2:///dev/video0 | csi://0 | rtsp://host/...
+    uri: str = "sim://"
+    width: int = 640
+    height: int = 360
+    fps: float = 30.0
+    read_timeout_s: float = 2.0   # no frame for this long: reopen the source
+    reopen_limit: int = 5         # failed reopenings in a row before health reports the camera down
+    loop: bool = False            # file/folder sources: start again at the end
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    belt_speed_mm_s: float = 400.0   # used when no encoder is configured
+    encoder: bool = False            # belt position from the encoder input instead of fixed speed
+    mm_per_count: float = 0.1
+    mm_per_px: float = 0.625         # camera scale along the belt (image x axis = belt direction)
+    max_frame_age_ms: float = 1000.0  # older observations are skipped, never acted on
+    min_lead_ms: float = 20.0        # an ejection closer than this to now is too late: not fired
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    type: str = "vision"             # vision (background subtraction) | photo_eye
+    roi: Tuple[float, ...] = (0.0, 0.0, 1.0, 1.0)  # x, y, w, h as fractions of the frame
+    diff_threshold: int = 40          # grey levels between the frame and the empty belt
+    min_area: float = 0.03            # smallest item, as a fraction of the ROI
+    learn_frames: int = 10            # empty-belt frames averaged at start
+    edge_margin_px: int = 4           # an item touching the ROI edge is not fully in view yet
+    min_gap_mm: float = 60.0          # two observations closer than this on the belt are one item
+    photo_eye_position_mm: float = -150.0  # photo_eye: beam position relative to the camera centre
+    item_length_mm: float = 160.0          # photo_eye: expected item length along the belt
+
+
+@dataclass(frozen=True)
+class EjectorConfig:
+    bin: str
+    position_mm: float               # downstream of the camera centre
+    output: int                      # actuator output (valve/coil index)
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    threshold: float = 0.6           # below: reject bin
+    reject_bin: str = "reject"
+    bins: Dict[str, str] = field(default_factory=dict)  # class -> bin (default: a bin per class)
+    pulse_ms: float = 30.0
+    max_pulse_ms: float = 100.0      # hard cap, also enforced by the actuator drivers
+    ejectors: Tuple[EjectorConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class ActuatorConfig:
+    type: str = "simulated"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    db: str = ""                     # default <run_dir>/audit.db
+    captures_dir: str = ""           # default <run_dir>/captures
+    captures_quota_mb: float = 500.0
+    sample_rate: float = 0.02        # share of confident items also saved, for spot checks
+    max_db_mb: float = 200.0
+    max_age_days: float = 90.0
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    bind: str = "127.0.0.1"          # loopback by default: expose deliberately
+    port: int = 9108                 # 0 disables the HTTP endpoint
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    dataset: str = "../shared/datasets/trashnet"
+    split: str = "test"              # items drawn from this split of the run's manifest, if present
+    items: int = 30
+    spacing_mm: float = 300.0
+    item_length_mm: float = 160.0
+    speed_variation: float = 0.0     # 0.3: belt speed swings +-30% (sine), read through the encoder
+    speed_period_s: float = 4.0
+    processing_jitter_ms: Tuple[float, ...] = ()  # (low, high): injected delay after inference
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    model: str = ""                  # .onnx or .engine; default <run_dir>/model.onnx
+    providers: Tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     classes: Tuple[str, ...] = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
     run_dir: str = "runs/default"
@@ -113,6 +206,15 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    line: LineConfig = field(default_factory=LineConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    actuators: Tuple[ActuatorConfig, ...] = (ActuatorConfig(),)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source_file: str = field(default="<defaults>", compare=False)
 
     @property
@@ -172,6 +274,11 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             return None
         inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
         return _coerce(inner, value, source, key)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        inner = typing.get_args(hint)[1]
+        return {str(k): _coerce(inner, v, source, f"{key}.{k}") for k, v in value.items()}
     if origin in (tuple, list, Tuple, List):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
@@ -182,6 +289,42 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def bin_of(c: "Config", label: str) -> str:
+    return c.decision.bins.get(label, label)
+
+
+def _check_line(c: "Config", bad) -> None:
+    d = c.decision
+    unknown = sorted(set(d.bins) - set(c.classes))
+    if unknown:
+        bad(f"decision.bins.{unknown[0]}", f"is not a class (classes: {', '.join(c.classes)})")
+    if not 0.0 <= d.threshold <= 1.0:
+        bad("decision.threshold", "must be between 0 and 1")
+    if not 0 < d.pulse_ms <= d.max_pulse_ms:
+        bad("decision.pulse_ms", f"must be > 0 and <= decision.max_pulse_ms ({d.max_pulse_ms})")
+    bins = {bin_of(c, label) for label in c.classes} | {d.reject_bin}
+    for i, ejector in enumerate(d.ejectors):
+        if ejector.bin not in bins:
+            bad(f"decision.ejectors[{i}].bin", f"'{ejector.bin}' is no bin (bins: {', '.join(sorted(bins))})")
+        if ejector.position_mm <= 0:
+            bad(f"decision.ejectors[{i}].position_mm", "must be downstream of the camera (> 0)")
+    if len({e.output for e in d.ejectors}) != len(d.ejectors) or len({e.bin for e in d.ejectors}) != len(d.ejectors):
+        bad("decision.ejectors", "each ejector needs its own bin and its own output")
+    if c.trigger.type not in ("vision", "photo_eye"):
+        bad("trigger.type", "must be vision or photo_eye")
+    if len(c.trigger.roi) != 4 or not all(0 <= v <= 1 for v in c.trigger.roi):
+        bad("trigger.roi", "must be [x, y, w, h] as fractions of the frame")
+    if c.line.belt_speed_mm_s <= 0 or c.line.mm_per_px <= 0 or c.line.mm_per_count <= 0:
+        bad("line", "belt_speed_mm_s, mm_per_px and mm_per_count must be > 0")
+    if c.simulator.processing_jitter_ms and len(c.simulator.processing_jitter_ms) != 2:
+        bad("simulator.processing_jitter_ms", "must be [low, high] in ms")
+    from edge.actuators import ACTUATOR_TYPES  # late: the drivers import the config types
+
+    for i, actuator in enumerate(c.actuators):
+        if actuator.type not in ACTUATOR_TYPES:
+            bad(f"actuators[{i}].type", f"must be one of {', '.join(ACTUATOR_TYPES)}")
 
 
 def _check_values(c: Config, source: str) -> None:
@@ -213,6 +356,7 @@ def _check_values(c: Config, source: str) -> None:
         bad("engine.int8_mode", "must be qdq or calibration_cache")
     if c.engine.workspace_mib < 16 or c.engine.max_batch < 1:
         bad("engine.workspace_mib", "must be >= 16 (and engine.max_batch >= 1)")
+    _check_line(c, bad)
     from edge.preprocess import NORMALISATIONS  # late import: preprocess needs no config
 
     if c.preprocess.normalisation not in ("auto",) + tuple(NORMALISATIONS):

@@ -1,0 +1,127 @@
+"""The whole loop on the simulated conveyor, checked against the truth of every item."""
+import json
+import sqlite3
+import threading
+
+import pytest
+import yaml
+
+from edge.config import load_config
+from edge.daemon import Sorter
+from edge.report import summarize
+from edge.simulator import SimulatedConveyor
+from tests.conftest import CLASSES
+
+EJECTORS = [{"bin": c, "position_mm": 300 + 60 * i, "output": i} for i, c in enumerate(CLASSES)] + \
+           [{"bin": "reject", "position_mm": 700, "output": 6}]
+
+
+def line_config(tmp_path, run, **overrides):
+    config = {
+        "classes": CLASSES, "run_dir": str(tmp_path / "line"),
+        "runtime": {"model": str(run / "model.onnx")},
+        "source": {"uri": "sim://", "width": 320, "height": 160, "fps": 40},
+        "line": {"belt_speed_mm_s": 500, "mm_per_px": 1.25},
+        "trigger": {"type": "vision", "min_gap_mm": 80},
+        "decision": {"threshold": 0.0, "ejectors": EJECTORS},
+        "observability": {"port": 0},
+        "simulator": {"dataset": str(run.parent / "data"), "items": 8, "spacing_mm": 200, "item_length_mm": 120},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
+
+
+def run_sim(config):
+    sim = SimulatedConveyor(config)
+    sorter = Sorter(config, simulator=sim)
+    sorter.start()
+    try:
+        sorter.run(threading.Event())
+    finally:
+        sorter.shutdown()
+    return sorter, sim, summarize(sorter, sim)
+
+
+def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
+    assert summary["items_decided"] == summary["items_on_belt"]
+    assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
+    assert summary["pulses_to_wrong_output"] == 0
+    ejecting = [d for d in sorter.decisions if d["bin"] in sorter.ejectors]
+    assert summary["pulses"] == len(ejecting) > 0  # every ejecting decision fired once, nothing else
+    assert summary["ejection_error_ms"]["max_abs"] <= tolerance_ms, summary["ejection_error_ms"]
+
+
+def test_fixed_speed_line_sorts_every_item_once_on_time(tmp_path, trained_run):
+    _, run = trained_run
+    sorter, sim, summary = run_sim(line_config(tmp_path, run))
+    check_exactly_once_and_timing(summary, sorter)
+    assert sorter.actuators[0].off_calls >= 2  # at start and at shutdown
+    # The audit log holds every decision, durably.
+    db = sqlite3.connect(str(tmp_path / "line" / "audit.db"))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = db.execute("SELECT item_id, class, bin, top3, latency_ms, model_sha256 FROM decisions").fetchall()
+    assert len(rows) == summary["decisions"]
+    assert all(len(json.loads(r[3])) == 3 and "inference" in json.loads(r[4]) for r in rows)
+    assert {r[5] for r in rows} == {sorter.model.sha256}
+
+
+def test_encoder_speed_swings_and_processing_jitter_keep_timing(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run,
+                         line={"belt_speed_mm_s": 250, "encoder": True, "mm_per_count": 0.05, "max_frame_age_ms": 2000},
+                         simulator={"items": 5, "speed_variation": 0.4, "speed_period_s": 1.5,
+                                    "processing_jitter_ms": [200, 600]},
+                         decision={"threshold": 0.0,
+                                   "ejectors": [dict(e, position_mm=e["position_mm"] + 400) for e in EJECTORS]})
+    sorter, sim, summary = run_sim(config)
+    check_exactly_once_and_timing(summary, sorter)
+    assert summary["latency_ms"]["postprocess"]["p50"] >= 200  # the jitter really was there
+
+
+def test_low_confidence_goes_to_reject_and_is_captured(tmp_path, trained_run):
+    _, run = trained_run
+    sorter, sim, summary = run_sim(line_config(tmp_path, run, decision={"threshold": 1.0}))
+    assert summary["rejects"] == summary["decisions"] == summary["items_on_belt"]
+    assert {d["bin"] for d in sorter.decisions} == {"reject"}
+    assert {p.output for p in sorter.actuators[0].pulses} == {6}
+    captures = list((tmp_path / "line" / "captures").rglob("*.jpg"))
+    assert len(captures) == summary["decisions"]
+
+
+def test_stale_frames_never_fire(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run, line={"max_frame_age_ms": 100},
+                         simulator={"items": 4, "processing_jitter_ms": [200, 300]})
+    sorter, sim, summary = run_sim(config)
+    assert summary["stale_skipped"] == summary["items_on_belt"] and summary["decisions"] == 0
+    assert sorter.actuators[0].pulses == []
+
+
+@pytest.mark.parametrize("override, reason, outputs", [("force", "forced", {1}), ("pause", "paused", set())])
+def test_operator_overrides(tmp_path, trained_run, override, reason, outputs):
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 3})
+    sorter = Sorter(config, simulator=SimulatedConveyor(config))
+    sorter.controls.force("glass") if override == "force" else sorter.controls.pause()
+    sorter.start()
+    try:
+        sorter.run(threading.Event())
+    finally:
+        sorter.shutdown()
+    assert len(sorter.decisions) == 3 and {d["reason"] for d in sorter.decisions} == {reason}
+    assert {p.output for p in sorter.actuators[0].pulses} == outputs
+
+
+def test_photo_eye_trigger(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run, trigger={"type": "photo_eye", "photo_eye_position_mm": -230,
+                                                 "item_length_mm": 120, "min_gap_mm": 80},
+                         simulator={"items": 5})
+    sorter, sim, summary = run_sim(config)
+    check_exactly_once_and_timing(summary, sorter)
