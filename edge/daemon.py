@@ -37,7 +37,7 @@ STAGES = ("frame_age", "preprocess", "inference", "postprocess", "capture_to_dec
 class Sorter:
     def __init__(self, config: Config, simulator=None, actuators: Optional[Sequence[Actuator]] = None):
         self.config, self.simulator = config, simulator
-        self.metrics = Metrics()
+        self.metrics = _described_metrics()
         self.backend = self._open_model()
         self.model = self.backend.info
         from edge.preprocess import Preprocessor
@@ -199,6 +199,7 @@ class Sorter:
         self.metrics.set("frame_age_seconds", latency["frame_age"])
 
     def _on_fired(self, fired: Fired) -> None:
+        self.metrics.set("actuator_errors_total", self.scheduler.errors)
         self.metrics.inc("ejections_total", output=str(fired.output))
         self.metrics.observe("ejection_error_seconds", abs(fired.error_s))
 
@@ -242,6 +243,24 @@ class Sorter:
         self.capture.join(timeout=2)
         self.source.close()
         self.backend.close()
+
+
+def _described_metrics() -> Metrics:
+    metrics = Metrics()
+    for name, kind, text in (
+            ("frames_total", "counter", "camera frames received"),
+            ("items_total", "counter", "items classified, by class"),
+            ("rejects_total", "counter", "items below the confidence threshold (reject bin)"),
+            ("stale_frames_total", "counter", "observations skipped as older than line.max_frame_age_ms"),
+            ("dropped_items_total", "counter", "observations dropped because inference fell behind"),
+            ("late_ejections_total", "counter", "decisions too late to reach their ejector (not fired)"),
+            ("ejections_total", "counter", "pulses fired, by output"),
+            ("actuator_errors_total", "counter", "failed actuator commands"),
+            ("frame_age_seconds", "gauge", "age of the last observation when inference started"),
+            ("stage_latency_seconds", "histogram", "per-stage latency"),
+            ("ejection_error_seconds", "histogram", "|fired - exact crossing time| of each pulse")):
+        metrics.describe(name, kind, text)
+    return metrics
 
 
 def percentiles(values: Sequence[float], scale: float = 1000.0) -> Dict[str, float]:

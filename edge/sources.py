@@ -75,8 +75,12 @@ class OpenCVSource(Source):
         if not self.cap.isOpened():
             raise ImageError(f"cannot open video source {self.target!r}")
         self.frame_count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self.finite else 0
+        self._next = time.monotonic()
 
     def read(self) -> Optional[Frame]:
+        if self.finite:  # a recording is replayed at its frame rate, as the camera delivered it
+            self._next = max(self._next + 1.0 / (self.cap.get(cv2.CAP_PROP_FPS) or self.cfg.fps), time.monotonic() - 0.1)
+            time.sleep(max(0.0, self._next - time.monotonic()))
         ok, image = self.cap.read()
         t_capture = time.monotonic()
         if not ok or image is None:
@@ -191,7 +195,11 @@ class CaptureThread(threading.Thread):
             self.last_frame_at = time.monotonic()
             self.failed_reopens = 0
             self.latest = frame
-            self.on_frame(frame)
+            try:
+                self.on_frame(frame)
+            except Exception:  # a bad frame must not end capture; it is logged and counted
+                self.bad_frames += 1
+                log.exception("frame %d could not be processed", frame.seq)
 
     def _frozen(self, frame: Frame) -> bool:
         """Some backends repeat the last frame forever after an unplug: compare a subsample."""

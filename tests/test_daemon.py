@@ -32,6 +32,7 @@ def line_config(tmp_path, run, **overrides):
             config.setdefault(section, {}).update(values)
         else:
             config[section] = values
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "line.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_config(path)
