@@ -103,6 +103,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import bench, markdown
+
+    config = _config(args)
+    result = bench(config, iterations=args.iterations, warmup=args.warmup, accuracy=not args.no_accuracy,
+                   daemon_items=args.daemon_items)
+    print(markdown(result))
+    print(f"written: {config.run_path / 'bench'}/bench.json, bench.md, bench.png")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edge.predict import predict_paths
 
@@ -165,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="engine path (default: <run_dir>/model_<precision>.engine)")
     p = command("run", cmd_run, "run the sorting line (camera loop, decisions, ejection) until stopped")
     p.add_argument("--model", help="override runtime.model (.onnx or .engine)")
+    p = command("bench", cmd_bench, "latency + accuracy per backend and precision, and the daemon's stages")
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--no-accuracy", action="store_true", help="latency only (no test-split pass)")
+    p.add_argument("--daemon-items", type=int, default=20, help="items for the simulated line (0: skip)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")
