@@ -4,39 +4,91 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
+LINE ?= configs/demo.yaml
 DATA ?= ../shared/datasets/trashnet
 RUN_DIR ?= runs/default
 DEMO_EPOCHS ?= 4
+PRECISION ?= fp16
+PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
+ARCH := $(shell uname -m)
+# On a Jetson (aarch64 with L4T) the edge runtime uses JetPack's TensorRT/OpenCV; elsewhere the workstation set.
+EXTRAS := $(if $(wildcard /etc/nv_tegra_release),ort,train,ort,test)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test train evaluate export check-data
+.PHONY: help setup demo test train evaluate export calibrate compare engine bench run install uninstall doctor check-data check-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/activate:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages,) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-setup: $(BIN)/activate ## virtualenv with the workstation + test packages (CPU torch is fine)
-	$(BIN)/pip install -q -e '.[train,ort,test]'
+setup: $(BIN)/activate ## virtualenv + packages for this machine (Jetson: runtime only; else workstation + tests)
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 
 check-data:
 	@test -d "$(DATA)" || { echo "no dataset at $(DATA): pass DATA=/path/to/class-folders (TrashNet layout)"; exit 2; }
 
-demo: setup check-data ## end to end on TrashNet: prepare, train (DEMO_EPOCHS), evaluate, export
+check-model:
+	@test -f "$(RUN_DIR)/model.onnx" || { echo "no $(RUN_DIR)/model.onnx: run 'make train' (or 'make demo') first"; exit 2; }
+
+demo: setup check-data ## end to end: prepare, train (DEMO_EPOCHS), evaluate, export, then sort on the simulated belt
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) train --config $(CONFIG) --run-dir $(RUN_DIR) --epochs $(DEMO_EPOCHS)
 	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) predict $(RUN_DIR)/model.onnx $(DATA)/glass/glass1.jpg $(DATA)/trash/trash1.jpg
+	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR) --model $(RUN_DIR)/model.onnx
 
 test: setup ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-train: setup check-data ## full training run with the config's schedule, then evaluate + export
+train: setup check-data ## full training with the config's schedule, then evaluate + export
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) train --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
+
+calibrate: setup check-model ## FP16 + INT8 (Q/DQ) ONNX, TensorRT cache, and the FP32/FP16/INT8 comparison
+	$(SCRAPSORT) calibrate --config $(CONFIG) --run-dir $(RUN_DIR)
+	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR) --precisions
+
+engine: ## TensorRT engine for this device: make engine PRECISION=fp16|int8 (needs TensorRT)
+	@$(BIN)/python -c "import tensorrt" 2>/dev/null || { echo "TensorRT is not installed here. Build engines on the device that runs them (JetPack 5/6/7 ships TensorRT), then: make engine PRECISION=$(PRECISION)"; exit 2; }
+	$(SCRAPSORT) build --config $(CONFIG) --run-dir $(RUN_DIR) --precision $(PRECISION)
+
+bench: setup check-model ## latency (p50/p90/p99/max) + accuracy per backend x precision, daemon stages
+	$(SCRAPSORT) bench --config $(LINE) --run-dir $(RUN_DIR)
+
+run: setup check-model ## the daemon on LINE (default: the simulated demo line)
+	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR)
+
+doctor: ## what this device has: JetPack, TensorRT, CUDA, power mode, cameras, GPIO
+	$(SCRAPSORT) doctor
+
+install: ## service user, /opt/scrapsort, /etc/scrapsort/line.yaml, /var/lib/scrapsort, systemd units (root)
+	@test "$$(id -u)" = 0 || { echo "make install needs root: sudo make install"; exit 2; }
+	@test -f "$(RUN_DIR)/model.onnx" || { echo "no trained model in $(RUN_DIR): make train (or copy a run dir) first"; exit 2; }
+	getent group gpio >/dev/null || groupadd --system gpio
+	id scrapsort >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/scrapsort --shell /usr/sbin/nologin --groups video,gpio scrapsort
+	mkdir -p $(PREFIX) /etc/scrapsort /var/lib/scrapsort
+	cp -r edge train calibration jetson configs pyproject.toml README.md $(PREFIX)/
+	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages,) $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q '$(PREFIX)[ort]'
+	cp $(RUN_DIR)/model*.onnx $(RUN_DIR)/manifest.json /var/lib/scrapsort/ 2>/dev/null || true
+	test -f /etc/scrapsort/line.yaml || install -m 0640 -g scrapsort configs/line.example.yaml /etc/scrapsort/line.yaml
+	chown -R scrapsort:scrapsort /var/lib/scrapsort
+	install -m 0644 systemd/scrapsort.service systemd/scrapsort-engine.service /etc/systemd/system/
+	systemctl daemon-reload
+	systemctl enable scrapsort.service
+	@echo "installed: edit /etc/scrapsort/line.yaml (camera, belt, ejectors), then: systemctl start scrapsort"
+
+uninstall: ## stop and remove the service and code (keeps /etc/scrapsort and /var/lib/scrapsort)
+	@test "$$(id -u)" = 0 || { echo "make uninstall needs root: sudo make uninstall"; exit 2; }
+	-systemctl disable --now scrapsort.service scrapsort-engine.service
+	rm -f /etc/systemd/system/scrapsort.service /etc/systemd/system/scrapsort-engine.service
+	systemctl daemon-reload
+	rm -rf $(PREFIX)
+	@echo "removed; configuration (/etc/scrapsort) and state (/var/lib/scrapsort) kept"

@@ -85,10 +85,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from jetson.build import build
+    from jetson.build import build, precision_for_runtime
 
     config = _config(args)
-    engine = build(config, args.precision, onnx=args.onnx, out=args.output)
+    precision = args.precision or precision_for_runtime(config)
+    if precision is None:
+        print(f"runtime.model is ONNX ({config.runtime.model or 'default'}): no TensorRT engine to build")
+        return 0
+    output = args.output or (config.runtime.model if not args.precision else None)
+    engine = build(config, precision, onnx=args.onnx, out=output, if_needed=args.if_needed)
     print(f"engine {engine} (+ {engine.name}.json metadata)")
     return 0
 
@@ -111,6 +116,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    daemon_items=args.daemon_items)
     print(markdown(result))
     print(f"written: {config.run_path / 'bench'}/bench.json, bench.md, bench.png")
+    return 0
+
+
+def cmd_outputs_off(args: argparse.Namespace) -> int:
+    from edge.run import outputs_off
+
+    return outputs_off(_config(args))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jetson.doctor import apply_performance, report
+
+    print(report())
+    if args.apply:
+        print("\n".join(apply_performance()))
     return 0
 
 
@@ -171,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="FP32 ONNX (default: the run's model.onnx)")
     p.add_argument("--set", help="reuse a saved calibration_set.json instead of drawing a new one")
     p = command("build", cmd_build, "build a TensorRT engine for this device (needs TensorRT)")
-    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="default: the engine named by runtime.model (nothing to do for an ONNX model)")
     p.add_argument("--onnx", help="ONNX to build from (default: the run's model for that precision)")
     p.add_argument("--output", help="engine path (default: <run_dir>/model_<precision>.engine)")
+    p.add_argument("--if-needed", action="store_true",
+                   help="only build when the engine is missing or does not match this TensorRT/GPU/ONNX")
     p = command("run", cmd_run, "run the sorting line (camera loop, decisions, ejection) until stopped")
     p.add_argument("--model", help="override runtime.model (.onnx or .engine)")
     p = command("bench", cmd_bench, "latency + accuracy per backend and precision, and the daemon's stages")
@@ -181,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-accuracy", action="store_true", help="latency only (no test-split pass)")
     p.add_argument("--daemon-items", type=int, default=20, help="items for the simulated line (0: skip)")
+    command("outputs-off", cmd_outputs_off, "switch every configured output off (no daemon needed)")
+    p = command("doctor", cmd_doctor, "report JetPack/TensorRT/CUDA, power mode, cameras and GPIO", config=False)
+    p.add_argument("--apply", action="store_true", help="also set max power mode and lock clocks (root)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

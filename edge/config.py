@@ -193,6 +193,7 @@ class RuntimeConfig:
     model: str = ""                  # .onnx or .engine; default <run_dir>/model.onnx
     providers: Tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = 0
+    allow_root: bool = False         # the daemon refuses root unless this is set deliberately
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,19 @@ def onnx_for(precision: str, strongly_typed: bool, int8_mode: str, run_dir: Path
     return run_dir / ONNX_FILES[precision]
 
 
-def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optional[str] = None) -> Path:
+def precision_for_runtime(config: Config) -> Optional[str]:
+    """The precision of the engine the line config runs (None: it runs ONNX, no engine)."""
+    model = Path(config.runtime.model or config.run_path / "model.onnx")
+    if model.suffix not in (".engine", ".plan"):
+        return None
+    for precision in PRECISIONS:
+        if model.stem.endswith(precision):
+            return precision
+    raise ConfigError(f"runtime.model: cannot tell the precision of {model}; name it model_<fp32|fp16|int8>.engine")
+
+
+def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optional[str] = None,
+          if_needed: bool = False) -> Path:
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}")
     trt = import_tensorrt()
@@ -51,6 +63,9 @@ def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optio
         step = "scrapsort export" if precision == "fp32" or not typed else "scrapsort calibrate"
         raise ModelError(f"{onnx_path}: not found; run `{step}` first (make calibrate)")
     target = Path(out) if out else engine_path(run_dir, precision)
+    if if_needed and _matches(target, onnx_path):
+        print(f"{target} matches TensorRT {trt.__version__}, this GPU and {onnx_path}: nothing to build")
+        return target
 
     log = logger(trt)
     builder = trt.Builder(log)
@@ -125,6 +140,19 @@ def _sidecar(trt, network, onnx_path: Path, precision: str, typed: bool, dla_cor
         input_shape=list(network.get_input(0).shape), output_shape=list(network.get_output(0).shape),
         classes=list(info.classes), preprocess=info.preprocess.to_json(),
         built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), strongly_typed=typed, dla_core=dla_core)
+
+
+def _matches(engine: Path, onnx_path: Path) -> bool:
+    from jetson.metadata import check_match
+
+    if not engine.is_file():
+        return False
+    try:
+        check_match(EngineMetadata.load(engine), runtime(), engine, file_sha256(onnx_path))
+    except ModelError as exc:
+        print(f"rebuilding: {exc}")
+        return False
+    return True
 
 
 def runtime() -> Runtime:

@@ -19,7 +19,7 @@ EJECTORS = [{"bin": c, "position_mm": 300 + 60 * i, "output": i} for i, c in enu
 def line_config(tmp_path, run, **overrides):
     config = {
         "classes": CLASSES, "run_dir": str(tmp_path / "line"),
-        "runtime": {"model": str(run / "model.onnx")},
+        "runtime": {"model": str(run / "model.onnx"), "allow_root": True},
         "source": {"uri": "sim://", "width": 320, "height": 160, "fps": 40},
         "line": {"belt_speed_mm_s": 500, "mm_per_px": 1.25},
         "trigger": {"type": "vision", "min_gap_mm": 80},
