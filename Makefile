@@ -13,7 +13,7 @@ PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
 ARCH := $(shell uname -m)
 # On a Jetson (aarch64 with L4T) the edge runtime uses JetPack's TensorRT/OpenCV; elsewhere the workstation set.
-EXTRAS := $(if $(wildcard /etc/nv_tegra_release),ort,train,ort,test)
+EXTRAS := $(if $(wildcard /etc/nv_tegra_release),ort,plant,train,ort,plant,test)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test train evaluate export calibrate compare engine bench run install uninstall doctor check-data check-model
@@ -76,7 +76,7 @@ install: ## service user, /opt/scrapsort, /etc/scrapsort/line.yaml, /var/lib/scr
 	mkdir -p $(PREFIX) /etc/scrapsort /var/lib/scrapsort
 	cp -r edge train calibration jetson configs pyproject.toml README.md $(PREFIX)/
 	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages,) $(PREFIX)/venv
-	$(PREFIX)/venv/bin/pip install -q '$(PREFIX)[ort]'
+	$(PREFIX)/venv/bin/pip install -q '$(PREFIX)[ort,plant]'
 	cp $(RUN_DIR)/model*.onnx $(RUN_DIR)/manifest.json /var/lib/scrapsort/ 2>/dev/null || true
 	test -f /etc/scrapsort/line.yaml || install -m 0640 -g scrapsort configs/line.example.yaml /etc/scrapsort/line.yaml
 	chown -R scrapsort:scrapsort /var/lib/scrapsort

@@ -14,7 +14,7 @@ from typing import List, Sequence
 
 from edge.config import ActuatorConfig
 
-ACTUATOR_TYPES = ("simulated",)
+ACTUATOR_TYPES = ("simulated", "gpio", "modbus", "mqtt")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Actuator(ABC):
 
     def healthy(self) -> bool:
         return True
+
+    def decision(self, row: dict) -> None:
+        """Told of every decision (telemetry drivers publish it); pulses come separately."""
 
     def close(self) -> None:
         self.all_off()
@@ -78,5 +81,29 @@ class SimulatedActuator(Actuator):
 
 
 def open_actuators(configs: Sequence[ActuatorConfig], max_pulse_s: float) -> List[Actuator]:
-    drivers = {"simulated": SimulatedActuator}
-    return [drivers[c.type](max_pulse_s) for c in configs]
+    """Every configured driver; if one fails to open, the ones already open are switched off."""
+    opened: List[Actuator] = []
+    try:
+        for cfg in configs:
+            opened.append(_open(cfg, max_pulse_s))
+    except Exception:
+        for actuator in opened:
+            actuator.close()
+        raise
+    return opened
+
+
+def _open(cfg: ActuatorConfig, max_pulse_s: float) -> Actuator:
+    if cfg.type == "simulated":
+        return SimulatedActuator(max_pulse_s)
+    if cfg.type == "gpio":
+        from edge.gpio import GpioActuator
+
+        return GpioActuator(cfg, max_pulse_s)
+    if cfg.type == "modbus":
+        from edge.modbus import ModbusActuator
+
+        return ModbusActuator(cfg, max_pulse_s)
+    from edge.mqtt import MqttActuator
+
+    return MqttActuator(cfg, max_pulse_s)

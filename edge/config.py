@@ -156,7 +156,31 @@ class DecisionConfig:
 
 @dataclass(frozen=True)
 class ActuatorConfig:
-    type: str = "simulated"
+    type: str = "simulated"          # simulated | gpio | modbus | mqtt (several may be listed)
+    # gpio: one line per ejector output
+    chip: str = "/dev/gpiochip0"     # libgpiod chip (off-Jetson)
+    lines: Tuple[int, ...] = ()      # output n drives lines[n] (BOARD pin numbers with Jetson.GPIO)
+    library: str = "auto"            # auto (Jetson.GPIO on a Jetson, else libgpiod) | jetson | gpiod
+    active_low: bool = False
+    # modbus (TCP) and mqtt: the peer
+    host: str = "127.0.0.1"
+    port: int = 0                    # 0: the protocol's default (502 / 1883, 8883 with TLS)
+    timeout_s: float = 0.5
+    retries: int = 1
+    # modbus
+    unit_id: int = 1
+    coil_base: int = 0               # output n -> coil coil_base + n; nothing outside is written
+    coil_count: int = 8
+    register_base: int = 100         # heartbeat, status bits, last item id, last bin
+    heartbeat_s: float = 0.5
+    # mqtt
+    topic: str = "scrapsort/line1"
+    qos: int = 1
+    username: str = ""
+    password_file: str = ""          # the secret lives in its own file (mode 0600), never here
+    tls: bool = False
+    ca_file: str = ""
+    commands: bool = False           # also publish ejection commands for a downstream controller
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class Sorter:
         if config.observability.port:
             self.status = StatusServer(config.observability.bind, config.observability.port, self.metrics, self.health)
         self.started = False
+        self._links_ok = True
         self._jitter = config.simulator.processing_jitter_ms if simulator is not None else ()
 
     # -- start-up ------------------------------------------------------------------------
@@ -133,8 +134,24 @@ class Sorter:
             if self.capture.frames != last_frames and now - last_ping >= interval:
                 self.notifier.watchdog()  # only from here, only while frames keep coming
                 last_ping, last_frames = now, self.capture.frames
+            self._watch_links()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
+
+    def _watch_links(self) -> None:
+        """A lost actuator link (PLC, broker) means: nothing pending survives, everything off."""
+        healthy = all(a.healthy() for a in self.actuators)
+        if not healthy and self._links_ok:
+            dropped = self.scheduler.clear()
+            self.all_off()
+            self.metrics.inc("link_faults_total")
+            self.audit.event("link_lost", {"dropped_ejections": dropped,
+                                           "actuators": [a.name for a in self.actuators if not a.healthy()]})
+            log.error("actuator link lost: %d pending ejection(s) dropped, outputs off, not ready", dropped)
+        elif healthy and not self._links_ok:
+            self.audit.event("link_restored", {})
+            log.info("actuator links restored")
+        self._links_ok = healthy
 
     def _next(self, timeout: float) -> Optional[Observation]:
         with self._queue_cv:
@@ -166,6 +183,11 @@ class Sorter:
                "reason": decision.reason, "x_mm": obs.x_mm, "belt_mm": obs.belt_mm, "eject_target_mm": target,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
         self.audit.record(row, obs.crop, decision.reason == "low_confidence")
+        for actuator in self.actuators:
+            try:
+                actuator.decision(row)
+            except Exception as exc:  # telemetry must never stop sorting
+                log.error("%s: decision not published: %s", actuator.name, exc)
         self._account(row, latency, obs)
         return row
 
@@ -173,6 +195,9 @@ class Sorter:
         ejector = self.ejectors.get(decision.bin) if decision.bin else None
         if ejector is None:
             return None  # pass-through bin, or sorting paused
+        if not self._links_ok:
+            self.counts["suppressed"] += 1  # fail safe: no pulses while a link is down
+            return None
         target = obs.belt_mm + (ejector.position_mm - obs.x_mm)
         if self.belt.seconds_until(target) * 1000 < self.config.line.min_lead_ms:
             self.counts["late"] += 1
@@ -256,6 +281,7 @@ def _described_metrics() -> Metrics:
             ("late_ejections_total", "counter", "decisions too late to reach their ejector (not fired)"),
             ("ejections_total", "counter", "pulses fired, by output"),
             ("actuator_errors_total", "counter", "failed actuator commands"),
+            ("link_faults_total", "counter", "times an actuator link (PLC, broker) was lost"),
             ("frame_age_seconds", "gauge", "age of the last observation when inference started"),
             ("stage_latency_seconds", "histogram", "per-stage latency"),
             ("ejection_error_seconds", "histogram", "|fired - exact crossing time| of each pulse")):

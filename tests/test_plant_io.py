@@ -1,0 +1,385 @@
+"""Plant I/O against real peers on loopback: a pymodbus TCP server process and mosquitto."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.actuators import Actuator
+from edge.belt import BeltTracker
+from edge.config import ActuatorConfig, LineConfig
+from edge.ejector import EjectionScheduler
+from edge.gpio import GpioActuator
+from edge.modbus import ModbusActuator
+from tests.test_daemon import line_config
+
+PLC = Path(__file__).parent / "peers" / "plc_server.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+class PlcServer:
+    def __init__(self, tmp_path):
+        self.port, self.log, self.proc = free_port(), tmp_path / "plc.jsonl", None
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, str(PLC), str(self.port), str(self.log)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self._listening), "PLC server did not start"
+        self.started_at = time.monotonic()
+        return self
+
+    def _listening(self):
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def writes(self, since=0.0):
+        if not self.log.exists():
+            return []
+        return [w for w in map(json.loads, self.log.read_text().splitlines()) if w["t"] >= since]
+
+    def coils(self):
+        from pymodbus.client import ModbusTcpClient
+
+        client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1)
+        client.connect()
+        bits = client.read_coils(0, count=8).bits[:8]
+        client.close()
+        return bits
+
+
+@pytest.fixture
+def plc(tmp_path):
+    server = PlcServer(tmp_path).start()
+    yield server
+    if server.proc.poll() is None:
+        server.kill()
+
+
+def modbus_cfg(port, **kw):
+    return ActuatorConfig(type="modbus", port=port, timeout_s=0.3, retries=0, heartbeat_s=0.1, **kw)
+
+
+def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
+    from edge.daemon import Sorter
+    from edge.simulator import SimulatedConveyor
+
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 4},
+                         actuators=[{"type": "simulated"}, {"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
+    sorter = Sorter(config, simulator=SimulatedConveyor(config))
+    sorter.start()
+    try:
+        sorter.run(threading.Event())
+    finally:
+        sorter.shutdown()
+    on = [w for w in plc.writes() if w["fn"] == "write_coil" and w["values"] == [1]]
+    fired = sorter.scheduler.fired
+    assert len(on) == len(fired) == 4
+    for write, pulse in zip(on, fired):
+        assert write["address"] == pulse.output
+        assert abs(write["t"] - pulse.t_fired) < 0.010  # loopback TCP: the coil goes on when the pulse fires
+    offs = [w for w in plc.writes() if w["fn"] == "write_coil" and w["values"] == [0]]
+    assert len(offs) == 4 and all(0.025 <= off["t"] - on_["t"] <= 0.060 for on_, off in zip(on, offs))
+    assert plc.coils() == [False] * 8
+
+
+def test_plc_killed_and_restarted(plc):
+    actuator = ModbusActuator(modbus_cfg(plc.port), max_pulse_s=0.1)
+    belt = BeltTracker(LineConfig(belt_speed_mm_s=1000))
+    scheduler = EjectionScheduler(belt, [actuator])
+    scheduler.start()
+    assert actuator.healthy()
+    plc.kill()
+    killed = time.monotonic()
+    scheduler.schedule("000001", 1, belt.position() + 300, 0.03)   # due while the PLC is away
+    assert wait_for(lambda: not actuator.healthy(), timeout=2)
+    assert time.monotonic() - killed < 1.0                         # noticed within the timeout
+    assert wait_for(lambda: scheduler.errors == 1, timeout=2)       # the pulse failed, was not kept
+    plc.start()
+    assert wait_for(actuator.healthy, timeout=15), "no reconnect"
+    time.sleep(0.5)
+    after = plc.writes(since=plc.started_at)
+    assert after[0]["fn"] == "write_coils" and after[0]["values"] == [0] * 8   # clean state first
+    beats = [w["values"][0] for w in after if w["fn"] == "write_registers" and w["address"] == 100]
+    assert len(beats) >= 3 and len(set(beats)) == 2                 # heartbeat toggles again
+    assert not [w for w in after if w["fn"] == "write_coil"]        # nothing replayed
+    scheduler.stop()
+    actuator.close()
+
+
+def test_only_configured_coils_are_written(plc):
+    actuator = ModbusActuator(modbus_cfg(plc.port, coil_base=2, coil_count=3), max_pulse_s=0.1)
+    with pytest.raises(ValueError, match="outside the configured coils"):
+        actuator.pulse(3, 0.02)
+    actuator.pulse(2, 0.02, "000009")
+    time.sleep(0.1)
+    actuator.close()
+    addresses = {w["address"] for w in plc.writes() if w["fn"].startswith("write_coil")}
+    assert addresses <= {2, 3, 4}
+
+
+def test_daemon_health_drops_and_outputs_go_off_when_plc_is_lost(tmp_path, trained_run, plc):
+    from edge.daemon import Sorter
+    from edge.simulator import SimulatedConveyor
+
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 30},
+                         actuators=[{"type": "simulated"}, {"type": "modbus", "port": plc.port, "timeout_s": 0.3,
+                                                            "heartbeat_s": 0.1, "retries": 0}])
+    sorter = Sorter(config, simulator=SimulatedConveyor(config))
+    stop = threading.Event()
+    sorter.start()
+    loop = threading.Thread(target=sorter.run, args=(stop,))
+    loop.start()
+    try:
+        assert wait_for(lambda: sorter.health()[0], timeout=5)
+        offs_before = sorter.actuators[0].off_calls
+        plc.kill()
+        assert wait_for(lambda: not sorter.health()[0], timeout=3)
+        assert wait_for(lambda: sorter.actuators[0].off_calls > offs_before, timeout=2)
+        assert sorter.scheduler.pending() == 0
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+        sorter.shutdown()
+
+
+def test_outputs_off_after_sigkill_leaves_every_coil_at_zero(tmp_path, trained_run, plc):
+    from pymodbus.client import ModbusTcpClient
+
+    _, run = trained_run
+    line_config(tmp_path, run, simulator={"items": 40},
+                actuators=[{"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
+    config = str(tmp_path / "line.yaml")
+    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", config],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: any(w["fn"] == "write_coil" for w in plc.writes()), timeout=30)
+    client = ModbusTcpClient("127.0.0.1", port=plc.port)
+    client.connect()
+    client.write_coils(0, [True] * 6)   # valves caught open at the moment of the crash
+    client.close()
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=10)
+    assert any(plc.coils())
+    result = subprocess.run([sys.executable, "-m", "edge.cli", "outputs-off", "--config", config],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert plc.coils() == [False] * 8
+
+
+# -- MQTT ------------------------------------------------------------------------------------
+needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                                     reason="mosquitto is not installed (apt-get install mosquitto)")
+
+
+class Broker:
+    def __init__(self, tmp_path, password: bool = False):
+        self.port = free_port()
+        self.conf = tmp_path / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        if password:
+            pw = tmp_path / "passwd"
+            subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "sorter", "s3cret"], check=True)
+            os.chmod(pw, 0o600)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+            if os.geteuid() == 0:  # as root, mosquitto would drop to a user who cannot read the test's tmp dir
+                lines.insert(0, "user root")
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc = None
+
+    def start(self):
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", self.port)) == 0), "broker did not start"
+        return self
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Subscriber:
+    def __init__(self, port, topic="scrapsort/#", **auth):
+        import paho.mqtt.client as mqtt
+
+        self.messages = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        if auth:
+            self.client.username_pw_set(auth["username"], auth["password"])
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), m.retain))
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def payloads(self, suffix):
+        return [json.loads(p) if p.startswith("{") else p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def mqtt_cfg(port, **kw):
+    return ActuatorConfig(type="mqtt", port=port, **{"timeout_s": 2.0, **kw})
+
+
+def row(item_id):
+    return {"item_id": item_id, "class": "glass", "confidence": 0.9, "bin": "glass", "reason": "class",
+            "t_wall": time.time(), "latency_ms": {"inference": 4.0}}
+
+
+@needs_mosquitto
+def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
+    from edge.mqtt import MqttActuator
+
+    broker = Broker(tmp_path).start()
+    try:
+        sub = Subscriber(broker.port)
+        actuator = MqttActuator(mqtt_cfg(broker.port, commands=True), max_pulse_s=0.1)
+        assert actuator.healthy()
+        assert wait_for(lambda: "online" in sub.payloads("availability"))
+        actuator.decision(row("000001"))
+        actuator.pulse(2, 0.03, "000001")
+        assert wait_for(lambda: len(sub.payloads("decisions")) == 1 and len(sub.payloads("eject")) == 1)
+        assert sub.payloads("eject")[0]["output"] == 2 and sub.payloads("eject")[0]["valid_until"] > 0
+        broker.stop()
+        assert wait_for(lambda: not actuator.healthy(), timeout=5)
+        actuator.decision(row("000002"))          # during the outage: dropped, not queued
+        assert actuator.dropped == 1
+        broker.start()
+        assert wait_for(actuator.healthy, timeout=40), "no reconnect"
+        assert wait_for(lambda: sub.client.is_connected(), timeout=10)
+        time.sleep(0.5)
+        actuator.decision(row("000003"))
+        assert wait_for(lambda: "000003" in [d["item_id"] for d in sub.payloads("decisions")], timeout=5)
+        assert "000002" not in [d["item_id"] for d in sub.payloads("decisions")]
+        actuator.close()
+        sub.close()
+    finally:
+        broker.stop()
+
+
+@needs_mosquitto
+def test_mqtt_last_will_is_retained_offline(tmp_path):
+    broker = Broker(tmp_path).start()
+    try:
+        code = ("import sys, time; from edge.mqtt import MqttActuator; from edge.config import ActuatorConfig; "
+                f"a = MqttActuator(ActuatorConfig(type='mqtt', port={broker.port}), 0.1); "
+                "print('up' if a.healthy() else 'down', flush=True); time.sleep(60)")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "up"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        late = Subscriber(broker.port, topic="scrapsort/line1/availability")
+        assert wait_for(lambda: ("scrapsort/line1/availability", "offline", True) in late.messages, timeout=10)
+        late.close()
+    finally:
+        broker.stop()
+
+
+@needs_mosquitto
+def test_mqtt_credentials(tmp_path, caplog):
+    from edge.errors import ConfigError
+    from edge.mqtt import MqttActuator
+
+    broker = Broker(tmp_path, password=True).start()
+    try:
+        anonymous = MqttActuator(mqtt_cfg(broker.port, timeout_s=0.5), max_pulse_s=0.1)
+        assert not anonymous.healthy() and "refused" in caplog.text
+        anonymous.close()
+        secret = tmp_path / "mqtt.secret"
+        secret.write_text("s3cret\n")
+        secret.chmod(0o644)
+        with pytest.raises(ConfigError, match="chmod 600"):
+            MqttActuator(mqtt_cfg(broker.port, username="sorter", password_file=str(secret)), max_pulse_s=0.1)
+        secret.chmod(0o600)
+        user = MqttActuator(mqtt_cfg(broker.port, username="sorter", password_file=str(secret)), max_pulse_s=0.1)
+        assert user.healthy()
+        assert "s3cret" not in caplog.text   # secrets never logged
+        user.close()
+    finally:
+        broker.stop()
+
+
+# -- GPIO ------------------------------------------------------------------------------------
+class RecordingLines:
+    """Stands in for the kernel's gpio-sim, which this machine does not offer (no configfs
+    gpio-sim): records every line change with its time."""
+
+    def __init__(self, count):
+        self.state, self.changes = [False] * count, []
+
+    def set(self, index, on):
+        self.state[index] = on
+        self.changes.append((time.monotonic(), index, on))
+
+    def close(self):
+        pass
+
+
+def test_gpio_driver_logic_caps_pulses_and_switches_off():
+    """The kernel's gpio-sim needs configfs and the gpio-sim module, which this sandbox lacks:
+    the driver's logic runs here against RecordingLines; GpiodLines is the only untested part."""
+    lines = RecordingLines(3)
+    actuator = GpioActuator(ActuatorConfig(type="gpio", lines=(5, 6, 7)), max_pulse_s=0.05, lines=lines)
+    started = actuator.pulse(1, 2.0, "000001")   # asks for 2 s: the driver caps it at 50 ms
+    time.sleep(0.2)
+    on, off = [c for c in lines.changes if c[1] == 1]
+    assert on[2] is True and off[2] is False and 0.045 <= off[0] - started <= 0.09
+    with pytest.raises(ValueError, match="no line"):
+        actuator.pulse(3, 0.01)
+    actuator.pulse(0, 1.0)
+    actuator.all_off()
+    assert lines.state == [False] * 3
+    time.sleep(0.1)
+    assert lines.state == [False] * 3   # the cancelled timer does not switch anything later
+
+
+def test_several_drivers_at_once_and_one_failing(tmp_path):
+    class Broken(Actuator):
+        name = "broken"
+
+        def pulse(self, output, width_s, item_id=""):
+            raise IOError("bus error")
+
+        def all_off(self):
+            pass
+
+    from edge.actuators import SimulatedActuator
+
+    sim = SimulatedActuator(0.1)
+    belt = BeltTracker(LineConfig(belt_speed_mm_s=1000))
+    scheduler = EjectionScheduler(belt, [Broken(0.1), sim])
+    scheduler.start()
+    scheduler.schedule("000001", 0, belt.position() + 50, 0.02)
+    assert wait_for(lambda: len(sim.pulses) == 1, timeout=2)
+    assert scheduler.errors == 1
+    scheduler.stop()
