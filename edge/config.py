@@ -200,6 +200,15 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    bind: str = "127.0.0.1"          # loopback by default; exposing it requires a token
+    port: int = 8080                 # 0 disables the operator page
+    token_file: str = ""             # file holding the token every control action must carry
+    review_dir: str = ""             # relabelled captures go to <review_dir>/<class>/ (default <run_dir>/review)
+    preview_fps: float = 5.0         # the live view drops frames, the sorting loop never waits for it
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     dataset: str = "../shared/datasets/trashnet"
     split: str = "test"              # items drawn from this split of the run's manifest, if present
@@ -239,6 +248,7 @@ class Config:
     actuators: Tuple[ActuatorConfig, ...] = (ActuatorConfig(),)
     audit: AuditConfig = field(default_factory=AuditConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source_file: str = field(default="<defaults>", compare=False)
 

@@ -31,12 +31,17 @@ from edge.trigger import Observation, PhotoEyeTrigger, VisionTrigger
 
 log = logging.getLogger(__name__)
 QUEUE_LENGTH = 8   # observations waiting for inference; the oldest is dropped beyond this
+HISTORY = 20000    # recent decisions and latencies kept in memory for summaries and the web view
 STAGES = ("frame_age", "preprocess", "inference", "postprocess", "capture_to_decision")
 
 
 class Sorter:
     def __init__(self, config: Config, simulator=None, actuators: Optional[Sequence[Actuator]] = None):
         self.config, self.simulator = config, simulator
+        if config.web.port:  # an exposed page without a token is refused before anything opens
+            from edge.web import load_token
+
+            load_token(config)
         self.metrics = _described_metrics()
         self.backend = self._open_model()
         self.model = self.backend.info
@@ -58,13 +63,20 @@ class Sorter:
                                      encoder=self.belt.encoder)
         self._queue: deque = deque()
         self._queue_cv = threading.Condition()
-        self.decisions: List[Dict] = []
-        self.latency: Dict[str, List[float]] = defaultdict(list)
+        # Bounded: the daemon runs for months. Totals live in counts and the metrics.
+        self.decisions: deque = deque(maxlen=HISTORY)
+        self.latency: Dict[str, deque] = defaultdict(lambda: deque(maxlen=HISTORY))
         self.counts = defaultdict(int)
+        self.class_counts = defaultdict(int)
         self.notifier = Notifier()
         self.status = None
         if config.observability.port:
             self.status = StatusServer(config.observability.bind, config.observability.port, self.metrics, self.health)
+        self.web = None
+        if config.web.port:
+            from edge.web import OperatorWeb
+
+            self.web = OperatorWeb(self, config)
         self.started = False
         self._links_ok = True
         self._jitter = config.simulator.processing_jitter_ms if simulator is not None else ()
@@ -105,6 +117,8 @@ class Sorter:
         self.capture.start()
         if self.status:
             self.status.start()
+        if self.web:
+            self.web.start()
         self.started = True
         self.audit.event("start", {"model": self.model.path, "sha256": self.model.sha256})
         self.notifier.ready(f"sorting with {Path(self.model.path).name}")
@@ -215,6 +229,10 @@ class Sorter:
 
     def _account(self, row: Dict, latency: Dict[str, float], obs: Observation) -> None:
         self.decisions.append({**row, "t_capture": obs.t_capture})
+        self.counts["decisions"] += 1
+        self.class_counts[row["class"]] += 1
+        if row["reason"] == "low_confidence":
+            self.counts["rejects"] += 1
         for stage, seconds in latency.items():
             self.latency[stage].append(seconds)
             self.metrics.observe("stage_latency_seconds", seconds, stage=stage)
@@ -265,6 +283,8 @@ class Sorter:
         self.audit.close()
         if self.status:
             self.status.close()
+        if self.web:
+            self.web.close()
         self.capture.join(timeout=2)
         self.source.close()
         self.backend.close()

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from collections import deque
+from typing import Callable, Deque, List, Optional, Sequence
 
 from edge.actuators import Actuator
 from edge.belt import BeltTracker
@@ -48,7 +49,7 @@ class EjectionScheduler(threading.Thread):
         self._order = itertools.count()
         self._cv = threading.Condition()
         self._stop = False
-        self.fired: List[Fired] = []
+        self.fired: Deque[Fired] = deque(maxlen=20000)   # recent pulses, for reports
         self.dropped_late = 0
         self.errors = 0
 

@@ -25,6 +25,7 @@ def line_config(tmp_path, run, **overrides):
         "trigger": {"type": "vision", "min_gap_mm": 80},
         "decision": {"threshold": 0.0, "ejectors": EJECTORS},
         "observability": {"port": 0},
+        "web": {"port": 0},
         "simulator": {"dataset": str(run.parent / "data"), "items": 8, "spacing_mm": 200, "item_length_mm": 120},
     }
     for section, values in overrides.items():

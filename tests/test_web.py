@@ -1,0 +1,124 @@
+"""The operator page in a real headless Chromium (Playwright), against a running daemon."""
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edge.daemon import Sorter
+from edge.errors import ConfigError
+from edge.simulator import SimulatedConveyor
+from tests.conftest import CLASSES
+from tests.test_daemon import line_config
+from tests.test_plant_io import free_port, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = Path(os.environ.get("SCRAPSORT_SCREENSHOTS", "runs/screenshots"))
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+def line(tmp_path, trained_run):
+    _, run = trained_run
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    token.chmod(0o600)
+    config = line_config(tmp_path, run, simulator={"items": 12, "spacing_mm": 250},
+                         decision={"threshold": 0.99},  # a one-epoch model is unsure: items go to review
+                         web={"port": free_port(), "token_file": str(token), "preview_fps": 10})
+    sorter = Sorter(config, simulator=SimulatedConveyor(config))
+    stop = threading.Event()
+    sorter.start()
+    loop = threading.Thread(target=sorter.run, args=(stop,))
+    loop.start()
+    yield sorter, f"http://127.0.0.1:{sorter.web.port}", run
+    stop.set()
+    loop.join(timeout=10)
+    sorter.shutdown()
+
+
+def test_operator_page(line, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    sorter, base, run = line
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base)
+        page.wait_for_selector("#ready.ok", timeout=15000)
+
+        # Live view: the MJPEG stream renders and the latest decision shows up.
+        page.wait_for_function("document.getElementById('live').naturalWidth > 0", timeout=15000)
+        page.wait_for_function("document.getElementById('last').textContent.startsWith('last item')", timeout=20000)
+        first = page.text_content("#last")
+        page.wait_for_function(f"document.getElementById('last').textContent !== {first!r}", timeout=20000)
+        page.screenshot(path=str(SCREENSHOTS / "live.png"))
+
+        # Classify an uploaded image: class, confidence and top-3.
+        image = sorted((run.parent / "data" / "glass").glob("*.jpg"))[0]
+        page.set_input_files("#files", str(image))
+        page.click("#classify")
+        page.wait_for_selector(".result .label", timeout=15000)
+        assert page.text_content(".result .label") in CLASSES
+        assert page.text_content(".result .top3").count("%") == 3
+        page.screenshot(path=str(SCREENSHOTS / "classify.png"))
+
+        # A control action without the token is refused; with it, it works.
+        page.click("#pause")
+        page.wait_for_selector("#control-msg.error", timeout=5000)
+        assert "token" in page.text_content("#control-msg")
+        assert sorter.controls.state() == (False, None)
+        page.fill("#token", "s3cret-token")
+        page.click("#pause")
+        page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting paused'")
+        assert sorter.controls.state()[0] is True
+        page.click("#resume")
+        page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting'")
+
+        # Review queue: relabel the first low-confidence capture as metal.
+        page.wait_for_selector(".review", timeout=20000)
+        item = page.locator(".review").first
+        decision_id = item.get_attribute("data-id")
+        item.locator("select").select_option("metal")
+        item.locator("button.label").click()
+        page.wait_for_selector(".review .msg:has-text('saved to')", timeout=5000)
+        page.screenshot(path=str(SCREENSHOTS / "review.png"))
+        browser.close()
+
+    saved = list((tmp_path / "line" / "review" / "metal").glob(f"review-{decision_id}-*.jpg"))
+    assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\xff\xd8")
+
+    def logged():
+        with sqlite3.connect(str(sorter.audit.path), timeout=5) as db:
+            return [json.loads(d) for k, d in db.execute("SELECT kind, detail FROM events WHERE kind IN "
+                                                         "('operator', 'relabel') ORDER BY id")]
+    assert wait_for(lambda: len(logged()) == 3, timeout=5)   # pause, resume, relabel; the refused one is not
+    assert [e.get("action") for e in logged()[:2]] == ["pause", "resume"] and logged()[2]["label"] == "metal"
+
+
+def test_web_refuses_traversal_and_unauthorised_posts(line):
+    sorter, base, _ = line
+    for path in ("/captures/../audit.db", "/captures/%2e%2e/audit.db", "/captures/..%2f..%2fetc%2fpasswd"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + path, timeout=5)
+        assert err.value.code == 404, path
+    request = urllib.request.Request(base + "/api/control", data=b'{"action": "pause"}', method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=5)
+    assert err.value.code == 403 and sorter.controls.state() == (False, None)
+    assert wait_for(lambda: sorter.counts["decisions"] > 0, timeout=20)
+
+
+def test_exposed_web_without_token_is_refused(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run, web={"bind": "0.0.0.0", "port": free_port()})
+    with pytest.raises(ConfigError, match="no web.token_file"):
+        Sorter(config, simulator=SimulatedConveyor(config))
