@@ -12,7 +12,6 @@ import platform
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -151,12 +150,7 @@ def _daemon_latency(config: Config, items: int) -> Dict:
                           observability=dataclasses.replace(config.observability, port=0),
                           run_dir=str(config.run_path / "bench" / "line"))
     simulator = SimulatedConveyor(line)
-    sorter = Sorter(line, simulator=simulator)
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(line, simulator=simulator).run_to_end()
     summary = summarize(sorter, simulator)
     stages = summary["latency_ms"]
     return {"model": summary["model"], "items": summary["items_on_belt"], "accuracy": summary["accuracy"],

@@ -226,6 +226,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a fault, not a usage error: logged with its traceback, distinct exit code
+        log.exception("unexpected failure")
+        return 70  # EX_SOFTWARE: systemd restarts the service
 
 
 if __name__ == "__main__":

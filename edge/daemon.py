@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -166,6 +166,15 @@ class Sorter:
             self.audit.event("link_restored", {})
             log.info("actuator links restored")
         self._links_ok = healthy
+
+    def run_to_end(self, stop: Optional[threading.Event] = None) -> "Sorter":
+        """start, sort until stopped or the source ends, shut down (outputs off) on every way out."""
+        self.start()
+        try:
+            self.run(stop or threading.Event())
+        finally:
+            self.shutdown()
+        return self
 
     def _next(self, timeout: float) -> Optional[Observation]:
         with self._queue_cv:

@@ -39,12 +39,10 @@ def run_line(config: Config, stop: threading.Event = None) -> dict:
     stop = stop or threading.Event()
     sorter = Sorter(config, simulator=simulator)
     previous = _install_signal_handlers(stop)
+    log.info("sorting: model %s, source %s", sorter.model.path, config.source.uri)
     try:
-        sorter.start()
-        log.info("sorting: model %s, source %s", sorter.model.path, config.source.uri)
-        sorter.run(stop)
+        sorter.run_to_end(stop)  # outputs off on every way out, errors included
     finally:
-        sorter.shutdown()  # outputs off on every way out, errors included
         _restore(previous)
     summary = summarize(sorter, simulator)
     config.run_path.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     _, run = trained_run
     out = tmp_path / "run"
     shutil.copytree(run, out)
-    config = line_config(tmp_path, run, run_dir=str(out), runtime={"model": str(out / "model.onnx")},
+    line_config(tmp_path, run, run_dir=str(out), runtime={"model": str(out / "model.onnx")},
                          simulator={"items": 3})
     assert main(["bench", "--config", str(tmp_path / "line.yaml"), "--iterations", "5", "--warmup", "1",
                  "--daemon-items", "3"]) == 0

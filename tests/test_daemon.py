@@ -1,7 +1,6 @@
 """The whole loop on the simulated conveyor, checked against the truth of every item."""
 import json
 import sqlite3
-import threading
 
 import pytest
 import yaml
@@ -41,12 +40,7 @@ def line_config(tmp_path, run, **overrides):
 
 def run_sim(config):
     sim = SimulatedConveyor(config)
-    sorter = Sorter(config, simulator=sim)
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(config, simulator=sim).run_to_end()
     return sorter, sim, summarize(sorter, sim)
 
 
@@ -111,11 +105,7 @@ def test_operator_overrides(tmp_path, trained_run, override, reason, outputs):
     config = line_config(tmp_path, run, simulator={"items": 3})
     sorter = Sorter(config, simulator=SimulatedConveyor(config))
     sorter.controls.force("glass") if override == "force" else sorter.controls.pause()
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter.run_to_end()
     assert len(sorter.decisions) == 3 and {d["reason"] for d in sorter.decisions} == {reason}
     assert {p.output for p in sorter.actuators[0].pulses} == outputs
 

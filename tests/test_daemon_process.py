@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.config import load_config
 from edge.daemon import Sorter
 from edge.simulator import SimulatedConveyor
 from tests.test_daemon import line_config
@@ -39,12 +38,7 @@ def test_video_file_through_opencv(tmp_path, trained_run):
     sim_config = line_config(tmp_path, run, simulator={"items": 4})
     video = write_video(tmp_path / "belt.avi", sim_config)
     config = line_config(tmp_path / "v", run, source={"uri": f"file://{video}"}, line={"max_frame_age_ms": 60000})
-    sorter = Sorter(config)
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(config).run_to_end()
     assert sorter.capture.frames == int(4.0 * config.source.fps)
     assert len(sorter.decisions) == 4  # each item seen in the video classified once
 
@@ -56,12 +50,7 @@ def test_truncated_video_and_corrupt_images_are_skipped(tmp_path, trained_run, c
     (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
     config = line_config(tmp_path / "v", run, source={"uri": f"file://{tmp_path / 'cut.avi'}"},
                          line={"max_frame_age_ms": 60000})
-    sorter = Sorter(config)
-    sorter.start()
-    try:
-        sorter.run(threading.Event())  # ends at the cut instead of hanging or crashing
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(config).run_to_end()  # ends at the cut instead of hanging or crashing
     assert 0 < sorter.capture.frames < int(4.0 * config.source.fps)
 
     folder = tmp_path / "frames"
@@ -73,12 +62,7 @@ def test_truncated_video_and_corrupt_images_are_skipped(tmp_path, trained_run, c
     (folder / "1.jpg").write_bytes(good[: len(good) // 2])
     (folder / "2.png").write_bytes(b"garbage")
     config = line_config(tmp_path / "f", run, source={"uri": f"folder://{folder}", "fps": 50})
-    sorter = Sorter(config)
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(config).run_to_end()
     assert sorter.capture.frames == 1 and sorter.capture.bad_frames == 2
     assert "truncated JPEG" in caplog.text and "not a decodable image" in caplog.text
 

@@ -91,12 +91,7 @@ def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 4},
                          actuators=[{"type": "simulated"}, {"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
-    sorter = Sorter(config, simulator=SimulatedConveyor(config))
-    sorter.start()
-    try:
-        sorter.run(threading.Event())
-    finally:
-        sorter.shutdown()
+    sorter = Sorter(config, simulator=SimulatedConveyor(config)).run_to_end()
     on = [w for w in plc.writes() if w["fn"] == "write_coil" and w["values"] == [1]]
     fired = sorter.scheduler.fired
     assert len(on) == len(fired) == 4
