@@ -18,6 +18,9 @@ from edge.config import Config
 from edge.sources import Frame
 
 
+BACKGROUND_ADAPT = 0.01   # per frame: about 3 s to follow a lighting change at 30 fps
+
+
 @dataclass
 class Observation:
     item_id: str
@@ -67,10 +70,12 @@ class VisionTrigger:
         if self._learned < self.cfg.learn_frames:  # the empty belt, averaged
             self._sum = grey if self._sum is None else self._sum + grey
             self._learned += 1
-            self.background = self._sum / self._learned
+            self.background = (self._sum / self._learned).astype(np.float32)
             return []
         mask = (cv2.absdiff(grey, self.background) > self.cfg.diff_threshold).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self.kernel)
+        # Follow slow lighting and belt changes where no item is: a plant runs for months.
+        cv2.accumulateWeighted(grey, self.background, BACKGROUND_ADAPT, mask=(1 - mask))
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         observations = []
         margin = self.cfg.edge_margin_px
