@@ -59,6 +59,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
+    backbone_lr_scale: float = 1.0   # < 1: the pretrained backbone learns slower than the new head
     weight_decay: float = 1e-4
     plateau_patience: int = 3
     plateau_factor: float = 0.5

@@ -116,3 +116,15 @@ def test_resnet18_from_scratch_trains_and_exports(tmp_path, dataset, caplog):
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "out" / "model.onnx")).metadata_props}
     assert json.loads(meta["scrapsort.preprocess"])["mean"] == [123.675, 116.28, 103.53]
     assert load_config(config).model.backbone == "resnet18"
+
+
+def test_backbone_learns_slower_than_head_when_asked():
+    from edge.config import ModelConfig
+    from train.models import build_model, head
+    from train.train import param_groups
+
+    model = build_model(ModelConfig(input_size=64), 6, load_weights=False)
+    groups = param_groups(model, "efficientnet_lite0", 1e-3, 0.1)
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in head(model, "efficientnet_lite0").parameters()}
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())

@@ -40,6 +40,11 @@ def stages(model: nn.Module, backbone: str) -> List[nn.Module]:
     return groups
 
 
+def head(model: nn.Module, backbone: str) -> nn.Module:
+    """The classifier layer(s) replaced for the configured classes."""
+    return model.fc if backbone == "resnet18" else model._fc
+
+
 def freeze_stages(model: nn.Module, backbone: str, count: int) -> None:
     for stage in stages(model, backbone)[:count]:
         for param in stage.parameters():

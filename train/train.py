@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.preprocess import Preprocessor, PreprocessSpec
 from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
-from train.models import build_model, freeze_stages, set_train_mode
+from train.models import build_model, freeze_stages, head, set_train_mode
 from train.prepare import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
     freeze_stages(model, config.model.backbone, config.model.freeze_stages)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+    optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale),
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience)
@@ -106,6 +106,14 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
 
     (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     return {"best_val_acc": state["best_val_acc"], "epochs": state["epoch"], "checkpoint": str(run_dir / BEST)}
+
+
+def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: float):
+    """The new head at `lr`, the trainable pretrained layers at lr * backbone_scale."""
+    head_ids = {id(p) for p in head(model, backbone).parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if id(p) in head_ids], "lr": lr},
+            {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
 
 
 def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
