@@ -80,6 +80,3 @@ class CalibrationReader:
     def get_next(self):
         batch = next(self._iter, None)
         return None if batch is None else {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._iter = iter(self.batches)

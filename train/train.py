@@ -110,8 +110,10 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
 
 def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: float):
     """The new head at `lr`, the trainable pretrained layers at lr * backbone_scale."""
-    head_ids = {id(p) for p in head(model, backbone).parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_scale == 1.0:  # one group, as the seed trained (and as older checkpoints resume)
+        return [{"params": trainable, "lr": lr}]
+    head_ids = {id(p) for p in head(model, backbone).parameters()}
     return [{"params": [p for p in trainable if id(p) in head_ids], "lr": lr},
             {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
 
