@@ -1,7 +1,9 @@
 """`scrapsort calibrate`: FP16 and INT8 (Q/DQ) ONNX plus a legacy TensorRT cache.
 
-INT8 variants (calibration method x first/last layers in float) are each measured on the
-validation split against the FP32 model; the best is kept as model_int8.onnx. The test split
+INT8 variants are measured on the validation split against the FP32 model: each calibration
+method with every layer quantized, and, where that loses more than `max_drop`, with the layers
+most sensitive to INT8 (measured one by one) left in float, fewest first. The best is kept
+as model_int8.onnx. The test split
 is never looked at here, so the test numbers of `evaluate --precisions` stay honest.
 """
 from __future__ import annotations
@@ -10,14 +12,14 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
 from calibration.fp16 import convert_fp16
-from calibration.qdq import first_and_last_nodes, quantize_int8
+from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
 from calibration.trt_cache import write_cache
 from edge.backends import open_backend
 from edge.config import Config
@@ -52,21 +54,31 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     stamp(run_dir / FP16_NAME, replace(info, precision="fp16").to_metadata())
 
     reference, labels, _ = predict_split(fp32, manifest, "val", progress)
+    fp32_acc = float(np.mean(reference.argmax(1) == labels))
     int8_meta = replace(info, precision="int8").to_metadata()
-    variants = []
+
+    def trial(name: str, method: str, exclude, on: Manifest = manifest):
+        out = work / f"{name}.onnx"
+        quantize_int8(fp32, out, reader, method, work / f"ranges-{method}.json", exclude, cfg.percentile)
+        stamp(out, int8_meta)
+        return out, predict_split(out, on, "val", progress=False)[0]
+
+    variants, ranking = [], None
     for method in cfg.methods:
-        ranges = work / f"ranges-{method}.json"
-        ranges.unlink(missing_ok=True)  # ranges belong to this model and set only
-        for keep_float in (False, True) if cfg.try_float_first_last else (False,):
-            name = f"int8-{method}{'-float-first-last' if keep_float else ''}"
-            out = work / f"{name}.onnx"
-            exclude = first_and_last_nodes(fp32) if keep_float else ()
-            quantize_int8(fp32, out, reader, method, ranges, exclude, cfg.percentile)
-            stamp(out, int8_meta)
-            logits, _, _ = predict_split(out, manifest, "val", progress)
-            variants.append(_score(name, method, keep_float, out, logits, reference, labels))
-            print(f"{name}: validation accuracy {variants[-1]['val_accuracy']:.4f}, "
-                  f"agreement with FP32 {variants[-1]['val_agreement']:.4f}", flush=True)
+        (work / f"ranges-{method}.json").unlink(missing_ok=True)  # ranges belong to this model and set only
+        out, logits = trial(f"int8-{method}", method, ())
+        variants.append(_score(f"int8-{method}", method, [], out, logits, reference, labels))
+        _print(variants[-1])
+        if cfg.max_float_layers and variants[-1]["val_accuracy"] < fp32_acc - cfg.max_drop:
+            if ranking is None:  # which layers hurt most when quantized alone (once, on a val subset)
+                ranking = _sensitivity(manifest, work, method, fp32, trial, cfg.sensitivity_images)
+            for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
+                name = f"int8-{method}-float-{count}"
+                out, logits = trial(name, method, ranking[:count])
+                variants.append(_score(name, method, ranking[:count], out, logits, reference, labels))
+                _print(variants[-1])
+                if variants[-1]["val_accuracy"] >= fp32_acc - cfg.max_drop:
+                    break
 
     best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
@@ -74,16 +86,36 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
-              "fp32_val_accuracy": float(np.mean(reference.argmax(1) == labels)),
+              "fp32_val_accuracy": fp32_acc, "sensitivity_ranking": ranking,
               "chosen": best["name"], "variants": variants,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     return report
 
 
-def _score(name, method, keep_float, path, logits, reference, labels) -> Dict:
+def _sensitivity(manifest: Manifest, work: Path, method: str, fp32: Path, trial, images: int) -> List[str]:
+    """Quantizable layers ordered by how much validation agreement with FP32 drops when each is
+    the only one quantized; layers that cost nothing are left out."""
+    subset = Manifest(manifest.data_root, manifest.classes, manifest.seed, manifest.split("val")[:images])
+    reference = predict_split(fp32, subset, "val", progress=False)[0].argmax(1)
+    nodes = quantizable_nodes(fp32)
+    agreement = {}
+    for i, node in enumerate(nodes):
+        _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(fp32), subset)
+        agreement[node] = float(np.mean(logits.argmax(1) == reference))
+        print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f}", flush=True)
+    (work / "sensitivity.onnx").unlink(missing_ok=True)
+    return [n for n in sorted(nodes, key=lambda n: agreement[n]) if agreement[n] < 1.0]
+
+
+def _print(variant: Dict) -> None:
+    print(f"{variant['name']}: validation accuracy {variant['val_accuracy']:.4f}, "
+          f"agreement with FP32 {variant['val_agreement']:.4f}", flush=True)
+
+
+def _score(name, method, float_layers, path, logits, reference, labels) -> Dict:
     labels = np.asarray(labels)
-    return {"name": name, "method": method, "float_first_last": keep_float, "path": str(path),
+    return {"name": name, "method": method, "float_layers": list(float_layers), "path": str(path),
             "val_accuracy": float(np.mean(logits.argmax(1) == labels)),
             "val_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
             "val_max_logit_diff": float(np.abs(logits - reference).max())}

@@ -19,15 +19,15 @@ METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod
            "max": CalibrationMethod.MinMax}
 
 
-def first_and_last_nodes(model_path: Path) -> List[str]:
-    """The input conv and the classifier: the layers most sensitive to INT8."""
+def quantizable_nodes(model_path: Path) -> List[str]:
+    """Convolutions and the classifier: the layers whose INT8 precision matters."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    outputs = {o.name for o in graph.output}
-    first = next(n.name for n in graph.node if n.op_type == "Conv")
-    last = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul") and set(n.output) & outputs]
-    if not last:  # a Gemm followed by a reshape/identity
-        last = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
-    return [first] + last
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
+def non_quantizable_nodes(model_path: Path) -> List[str]:
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type not in ("Conv", "Gemm", "MatMul")]
 
 
 def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
@@ -60,7 +60,10 @@ def quantize_int8(fp32: Path, out: Path, reader: CalibrationReader, method: str,
         nodes_to_exclude=list(exclude),
         calibration_cache_path=str(ranges_cache),
         # TensorRT's form: float weights behind a Q/DQ pair (as NVIDIA's own exporters write
-        # them) and float biases, which TensorRT folds into the INT8 kernels itself.
+        # them) and float biases, which TensorRT folds into the INT8 kernels itself. With
+        # float biases, ONNX Runtime must not widen weight scales to fit int32 biases: it
+        # did so by up to 10^27 on BN-folded depthwise channels and wiped them out.
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "AddQDQPairToWeight": True, "QuantizeBias": False},
+                       "AddQDQPairToWeight": True, "QuantizeBias": False,
+                       "QDQDisableWeightAdjustForInt32Bias": True},
     )

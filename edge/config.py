@@ -86,7 +86,9 @@ class CalibrationConfig:
     # Tried in turn; the variant with the best validation accuracy (then agreement with FP32) is kept.
     methods: Tuple[str, ...] = ("entropy", "percentile", "max")
     percentile: float = 99.999
-    try_float_first_last: bool = True   # also try keeping the first conv and the classifier in float
+    max_drop: float = 0.005             # INT8 may lose at most this much validation accuracy ...
+    max_float_layers: int = 4           # ... else up to this many most sensitive layers stay float
+    sensitivity_images: int = 64        # validation images per layer in the sensitivity scan
     seed: int = 42
     # TensorRT version written into the legacy calibration cache header (8.x/10.x implicit INT8).
     trt_cache_version: str = "8.5.2"

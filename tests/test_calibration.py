@@ -21,7 +21,8 @@ def calibrated(trained_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("calib")
     shutil.copytree(run, base / "out")
     path = write_config(base / "c.yaml", run.parent / "data", base / "out",
-                        calibration={"images": 12, "methods": ["max", "entropy"]})
+                        calibration={"images": 12, "methods": ["max", "entropy"], "max_drop": -1.0,
+                                     "max_float_layers": 2, "sensitivity_images": 6})
     assert main(["calibrate", "--config", str(path), "-q"]) == 0
     return path, base / "out"
 
@@ -53,10 +54,27 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     _, run = calibrated
     report = json.loads((run / "calibration_report.json").read_text())
     names = [v["name"] for v in report["variants"]]
-    assert names == ["int8-max", "int8-max-float-first-last", "int8-entropy", "int8-entropy-float-first-last"]
+    ranking = report["sensitivity_ranking"]
+    floats = min(2, len(ranking))  # max_drop < 0 forces the search through max_float_layers
+    assert names == ["int8-max"] + [f"int8-max-float-{k}" for k in range(1, floats + 1)] + \
+        ["int8-entropy"] + [f"int8-entropy-float-{k}" for k in range(1, floats + 1)]
+    for variant in report["variants"]:
+        count = int(variant["name"].rsplit("-", 1)[1]) if "float" in variant["name"] else 0
+        assert variant["float_layers"] == ranking[:count]
     best = max(report["variants"], key=lambda v: (v["val_accuracy"], v["val_agreement"]))
     assert report["chosen"] == best["name"]
     assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
+
+
+def test_float_layers_really_stay_float(calibrated):
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    for variant in report["variants"]:
+        graph = onnx.load(variant["path"]).graph
+        produced_by_dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        for node in graph.node:
+            if node.name in variant["float_layers"]:
+                assert node.input[1] not in produced_by_dq, (variant["name"], node.name)
 
 
 def test_fp16_model_keeps_fp32_io(calibrated):
