@@ -128,3 +128,16 @@ def test_backbone_learns_slower_than_head_when_asked():
     assert [g["lr"] for g in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in head(model, "efficientnet_lite0").parameters()}
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_checkpoint_from_an_older_config_schema_still_loads(trained_run, tmp_path):
+    import torch
+
+    from train.checkpoint import model_from_checkpoint
+
+    _, run = trained_run
+    ckpt = torch.load(run / "best.pt", weights_only=False)
+    ckpt["config"]["calibration"]["a_setting_since_removed"] = True
+    torch.save(ckpt, tmp_path / "old.pt")
+    model, loaded = model_from_checkpoint(tmp_path / "old.pt")
+    assert loaded["classes"] == CLASSES and loaded["config_obj"].model.input_size == 64

@@ -37,7 +37,9 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 def model_from_checkpoint(path: Path) -> Tuple[nn.Module, Dict[str, Any]]:
     """(eval-mode model, checkpoint dict) from a checkpoint written by `scrapsort train`."""
     ckpt = load_checkpoint(path)
-    config = config_from_dict(ckpt["config"], f"{path} (embedded config)")
+    # Only the model section is needed to rebuild it; the rest of the embedded config may be
+    # from an older release whose other sections have since changed.
+    config = config_from_dict({"model": ckpt["config"]["model"]}, f"{path} (embedded model config)")
     model = build_model(config.model, len(ckpt["classes"]), load_weights=False)
     model.load_state_dict(ckpt["model"])
     ckpt["preprocess_spec"] = PreprocessSpec.from_json(ckpt["preprocess"])
