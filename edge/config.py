@@ -136,6 +136,7 @@ class TriggerConfig:
     learn_frames: int = 10            # empty-belt frames averaged at start
     edge_margin_px: int = 4           # an item touching the ROI edge is not fully in view yet
     min_gap_mm: float = 60.0          # two observations closer than this on the belt are one item
+    join_mm: float = 50.0             # foreground parts closer than this are joined into one item
     photo_eye_position_mm: float = -150.0  # photo_eye: beam position relative to the camera centre
     item_length_mm: float = 160.0          # photo_eye: expected item length along the belt
 

@@ -58,6 +58,8 @@ class VisionTrigger:
         self.background: Optional[np.ndarray] = None
         self._learned, self._sum = 0, None
         self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
+        join = max(3, int(self.cfg.join_mm / self.line.mm_per_px) | 1)
+        self.join_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (join, join))
 
     def _roi(self, image: np.ndarray):
         h, w = image.shape[:2]
@@ -76,6 +78,9 @@ class VisionTrigger:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self.kernel)
         # Follow slow lighting and belt changes where no item is: a plant runs for months.
         cv2.accumulateWeighted(grey, self.background, BACKGROUND_ADAPT, mask=(1 - mask))
+        # Join the parts of one item that differ little from the belt (a pale edge, a shadow):
+        # a fragment's centre would misplace the item and its ejection.
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         observations = []
         margin = self.cfg.edge_margin_px
@@ -84,6 +89,8 @@ class VisionTrigger:
             if bw * bh < self.cfg.min_area * rw * rh:
                 continue
             if bx <= margin or bx + bw >= rw - margin:  # not fully in view along the belt yet
+                continue
+            if bx + bw / 2 < rw / 2:  # classify at the trigger line (ROI centre): the whole item is in view
                 continue
             obs = self._observation(frame, (x0 + bx, y0 + by, bw, bh))
             if obs is not None:

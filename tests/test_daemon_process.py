@@ -77,7 +77,7 @@ def start_daemon(tmp_path, run, env=None, **overrides):
 
 def test_sigkill_keeps_audit_db_consistent(tmp_path, trained_run):
     _, run = trained_run
-    config, proc = start_daemon(tmp_path, run, simulator={"items": 40, "spacing_mm": 150})
+    config, proc = start_daemon(tmp_path, run, simulator={"items": 40, "spacing_mm": 200})
     db_path = tmp_path / "line" / "audit.db"
     committed = 0
     deadline = time.monotonic() + 60
