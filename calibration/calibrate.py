@@ -3,7 +3,8 @@
 INT8 variants are measured on the validation split against the FP32 model: each calibration
 method with every layer quantized, and, where that loses more than `max_drop`, with the layers
 most sensitive to INT8 (measured one by one) left in float, fewest first. The best is kept
-as model_int8.onnx. The test split
+as model_int8.onnx (TensorRT's form); model_int8_cpu.onnx is the same calibration in ONNX
+Runtime's fast x86 form, with the same layers in float. The test split
 is never looked at here, so the test numbers of `evaluate --precisions` stay honest.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
 from calibration.fp16 import convert_fp16
-from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
+from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8, quantize_int8_cpu
 from calibration.trt_cache import write_cache
 from edge.backends import open_backend
 from edge.config import Config
@@ -29,6 +30,7 @@ from train.onnx_meta import input_name, stamp
 from train.prepare import MANIFEST_NAME, Manifest
 
 FP16_NAME, INT8_NAME, CACHE_NAME = "model_fp16.onnx", "model_int8.onnx", "calibration.cache"
+INT8_CPU_NAME = "model_int8_cpu.onnx"
 REPORT_NAME = "calibration_report.json"
 
 
@@ -82,15 +84,28 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
 
     best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
+    cpu = _cpu_form(fp32, run_dir / INT8_CPU_NAME, reader, best, work, cfg.percentile, info)
+    cpu_scored = _score("int8-cpu", best["method"], best["float_layers"], run_dir / INT8_CPU_NAME,
+                        predict_split(cpu, manifest, "val", progress=False)[0], reference, labels)
+    _print(cpu_scored)
     tensors = load_tensors_data(work / f"ranges-{best['method']}.json").data
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
               "fp32_val_accuracy": fp32_acc, "sensitivity_ranking": ranking,
-              "chosen": best["name"], "variants": variants,
+              "chosen": best["name"], "variants": variants, "int8_cpu": cpu_scored,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     return report
+
+
+def _cpu_form(fp32: Path, out: Path, reader: CalibrationReader, best: Dict, work: Path, percentile: float,
+              info) -> Path:
+    ranges = work / f"ranges-{best['method']}-asymmetric.json"
+    ranges.unlink(missing_ok=True)
+    quantize_int8_cpu(fp32, out, reader, best["method"], ranges, best["float_layers"], percentile)
+    stamp(out, replace(info, precision="int8-cpu").to_metadata())
+    return out
 
 
 def _sensitivity(manifest: Manifest, work: Path, method: str, fp32: Path, trial, images: int) -> List[str]:

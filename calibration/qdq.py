@@ -1,7 +1,11 @@
-"""Explicit INT8 quantization with ONNX Runtime's quantizer: symmetric INT8 Q/DQ.
+"""Explicit INT8 quantization with ONNX Runtime's quantizer, in two forms from one calibration.
 
-Symmetric activations and weights (zero point 0) and per-channel weight scales are what
-TensorRT's explicit-quantization path requires; the same file runs in ONNX Runtime on CPU.
+- TensorRT's form (model_int8.onnx): symmetric INT8 activations and weights (zero point 0),
+  per-channel weight scales. TensorRT 8.5 .. 11 build it; ONNX Runtime runs it exactly, but
+  on x86 CPUs without VNNI only unfused (its fused kernels would saturate, see
+  edge.backends.onnxruntime.int8_kernels_saturate).
+- ONNX Runtime's CPU form (model_int8_cpu.onnx): unsigned asymmetric activations and 7-bit
+  per-channel weights, which x86 fused kernels (U8S8) run fast without saturating.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def non_quantizable_nodes(model_path: Path) -> List[str]:
 
 
 def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
-                   percentile: float = 99.999, chunk: int = 16) -> None:
+                   percentile: float = 99.999, symmetric: bool = True, chunk: int = 16) -> None:
     """Activation ranges over the calibration set, fed in chunks: ONNX Runtime's histogram
     calibrators keep every intermediate tensor of what they are given in memory at once
     (300 images of EfficientNet-Lite0 would need ~18 GB), while their histograms accumulate
@@ -39,7 +43,7 @@ def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_ca
     with tempfile.TemporaryDirectory(prefix="scrapsort-calib-") as tmp:
         calibrator = create_calibrator(str(fp32), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=METHODS[method],
-                                       extra_options={"symmetric": True, "percentile": percentile})
+                                       extra_options={"symmetric": symmetric, "percentile": percentile})
         for start in range(0, len(reader.batches), chunk):
             calibrator.collect_data(CalibrationReader(reader.input_name, reader.batches[start:start + chunk]))
         save_tensors_data(calibrator.compute_data(), ranges_cache)
@@ -66,4 +70,24 @@ def quantize_int8(fp32: Path, out: Path, reader: CalibrationReader, method: str,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                        "AddQDQPairToWeight": True, "QuantizeBias": False,
                        "QDQDisableWeightAdjustForInt32Bias": True},
+    )
+
+
+def quantize_int8_cpu(fp32: Path, out: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
+                      exclude: Sequence[str] = (), percentile: float = 99.999) -> None:
+    """ONNX Runtime's fast CPU form: U8 activations with their own (asymmetric) ranges, 7-bit
+    INT8 weights stored as integers, so every Conv fuses into a U8S8 kernel."""
+    if not ranges_cache.is_file():
+        compute_ranges(fp32, reader, method, ranges_cache, percentile, symmetric=False)
+    quantize_static(
+        str(fp32), str(out), None,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=METHODS[method],
+        nodes_to_exclude=list(exclude),
+        calibration_cache_path=str(ranges_cache),
+        extra_options={"WeightSymmetric": True, "QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
     )

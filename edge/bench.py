@@ -25,6 +25,7 @@ CANDIDATES = [  # (label, backend, precision, file in the run dir)
     ("ONNX Runtime", "onnxruntime", "fp32", "model.onnx"),
     ("ONNX Runtime", "onnxruntime", "fp16", "model_fp16.onnx"),
     ("ONNX Runtime", "onnxruntime", "int8", "model_int8.onnx"),
+    ("ONNX Runtime", "onnxruntime", "int8-cpu", "model_int8_cpu.onnx"),
     ("TensorRT", "tensorrt", "fp32", "model_fp32.engine"),
     ("TensorRT", "tensorrt", "fp16", "model_fp16.engine"),
     ("TensorRT", "tensorrt", "int8", "model_int8.engine"),

@@ -80,6 +80,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"FP16: {report['fp16']}")
     print(f"INT8: {report['int8']} (chosen: {report['chosen']}, validation accuracy FP32 "
           f"{report['fp32_val_accuracy']:.4f})")
+    print(f"INT8 for ONNX Runtime on x86: {report['int8_cpu']['path']} (validation accuracy "
+          f"{report['int8_cpu']['val_accuracy']:.4f})")
     print(f"TensorRT calibration cache: {report['trt_cache']} ({report['trt_cache_tensors']} tensors)")
     return 0
 

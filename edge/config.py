@@ -49,8 +49,10 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     hflip: float = 0.5
+    vflip: float = 0.0        # > 0 where items lie on the belt in any orientation (top-down camera)
     rotation_deg: float = 15.0
     translate: float = 0.1
+    scale: float = 0.0        # +-fraction: items of one class come in several sizes
     color_jitter: float = 0.2
 
 
@@ -65,6 +67,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     early_stop_patience: int = 5
     class_weights: bool = True
+    label_smoothing: float = 0.0
     workers: int = 2
     seed: int = 42
     device: str = "auto"
@@ -384,6 +387,11 @@ def _check_values(c: Config, source: str) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(c.train, key) < 1:
             bad(f"train.{key}", "must be >= 1")
+    if not 0.0 <= c.train.label_smoothing < 1.0:
+        bad("train.label_smoothing", "must be in [0, 1)")
+    aug = c.train.augment
+    if not (0 <= aug.hflip <= 1 and 0 <= aug.vflip <= 1 and 0 <= aug.scale < 1 and 0 <= aug.translate < 1):
+        bad("train.augment", "flip probabilities must be in [0, 1], scale and translate in [0, 1)")
     if c.train.device not in ("auto", "cpu", "cuda"):
         bad("train.device", "must be auto, cpu or cuda")
     unknown = sorted(set(c.calibration.methods) - set(CALIBRATION_METHODS))

@@ -8,7 +8,8 @@ import pytest
 
 from calibration.dataset import load_set, select_items
 from calibration.trt_cache import read_cache, version_code, write_cache
-from edge.backends import open_backend
+from edge.backends import onnxruntime as ort_backend, open_backend
+from edge.backends.onnxruntime import int8_kernels_saturate
 from edge.cli import main
 from edge.errors import DataError
 from tests.conftest import write_config
@@ -48,6 +49,28 @@ def test_int8_model_is_qdq_symmetric_and_runs(calibrated):
         assert int8.info.precision == "int8" and int8.info.classes == fp32.info.classes
         fp32.input[:] = int8.input[:] = np.random.default_rng(0).standard_normal(int8.input.shape)
         assert np.abs(int8.infer() - fp32.infer()).max() < 2.0
+
+
+def test_cpu_int8_form_is_unsigned_with_integer_weights_and_same_float_layers(calibrated):
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    graph = onnx.load(str(run / "model_int8_cpu.onnx")).graph
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    activation_zps = [initializers[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_zps and all(z.dtype == np.uint8 for z in activation_zps)
+    weights = [initializers[n.input[0]] for n in graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in initializers and initializers[n.input[0]].ndim == 4]
+    assert weights and all(w.dtype == np.int8 and np.abs(w.astype(int)).max() <= 64 for w in weights)  # 7-bit
+    produced_by_dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    chosen = next(v for v in report["variants"] if v["name"] == report["chosen"])
+    for node in graph.node:
+        if node.name in chosen["float_layers"]:
+            assert node.input[1] not in produced_by_dq, node.name
+    assert report["int8_cpu"]["float_layers"] == chosen["float_layers"]
+    with open_backend(run / "model_int8_cpu.onnx") as cpu, open_backend(run / "model.onnx") as fp32:
+        assert cpu.info.precision == "int8-cpu" and not cpu.unfused_int8
+        fp32.input[:] = cpu.input[:] = np.random.default_rng(0).standard_normal(cpu.input.shape)
+        assert np.abs(cpu.infer() - fp32.infer()).max() < 2.0
 
 
 def test_report_lists_every_variant_and_keeps_the_best(calibrated):
@@ -124,8 +147,24 @@ def test_precision_comparison_table(calibrated):
     config, run = calibrated
     assert main(["evaluate", "--config", str(config), "--precisions", "-q"]) == 0
     result = json.loads((run / "precision_comparison.json").read_text())
-    assert list(result["precisions"]) == ["fp32", "fp16", "int8"]
+    assert list(result["precisions"]) == ["fp32", "fp16", "int8", "int8-cpu"]
     assert result["precisions"]["fp32"]["agreement_with_fp32"] == 1.0
     assert result["precisions"]["fp32"]["max_logit_diff_vs_fp32"] == 0.0
     table = (run / "precision_comparison.md").read_text()
-    assert table.count("\n| ") == 3 and "F1 trash" in table
+    assert table.count("\n| ") == 4 and "F1 trash" in table
+
+
+def test_int8_saturation_rule():
+    assert int8_kernels_saturate("x86_64", {"avx2", "fma"})  # e.g. AMD EPYC Zen 2/3, Intel before Cascade Lake
+    assert not int8_kernels_saturate("x86_64", {"avx2", "avx512_vnni"})
+    assert not int8_kernels_saturate("AMD64", {"avx2", "avx_vnni"})
+    assert not int8_kernels_saturate("aarch64", set())  # Jetson's Arm cores: dot-product kernels
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_tensorrt_form_runs_unfused_only_where_kernels_saturate(calibrated, monkeypatch, saturates):
+    _, run = calibrated
+    monkeypatch.setattr(ort_backend, "int8_kernels_saturate", lambda: saturates)
+    with open_backend(run / "model_int8.onnx") as int8, open_backend(run / "model_int8_cpu.onnx") as cpu:
+        assert int8.unfused_int8 is saturates
+        assert cpu.unfused_int8 is False  # the CPU form never needs it

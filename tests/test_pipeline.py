@@ -141,3 +141,21 @@ def test_checkpoint_from_an_older_config_schema_still_loads(trained_run, tmp_pat
     torch.save(ckpt, tmp_path / "old.pt")
     model, loaded = model_from_checkpoint(tmp_path / "old.pt")
     assert loaded["classes"] == CLASSES and loaded["config_obj"].model.input_size == 64
+
+
+def test_augment_flips_vertically_and_scales_when_configured():
+    import torch
+
+    from edge.config import AugmentConfig
+    from train.data import Augment
+
+    image = torch.zeros((3, 32, 32), dtype=torch.uint8)
+    image[:, :8, 12:20] = 255  # a bright block at the top
+    still = dict(hflip=0.0, rotation_deg=0.0, translate=0.0, color_jitter=0.0)
+    flipped = Augment(AugmentConfig(vflip=1.0, scale=0.0, **still), 32)(image)
+    assert torch.equal(flipped, image.flip(1))
+    assert torch.equal(Augment(AugmentConfig(vflip=0.0, scale=0.0, **still), 32)(image), image)
+    zoomed = Augment(AugmentConfig(vflip=0.0, scale=0.5, **still), 32)
+    torch.manual_seed(3)
+    bright = [int((zoomed(image)[0] > 127).sum()) for _ in range(8)]
+    assert len(set(bright)) > 1  # the block's size changes from draw to draw

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class Augment:
-    """Flip, rotation, translation and colour jitter on a uint8 CHW tensor.
+    """Flips, rotation, translation, scale and colour jitter on a uint8 CHW tensor.
 
     Corners uncovered by rotation/translation are filled with the image's own border colour
     (the belt or backdrop), not black, so the model learns nothing from fill artefacts.
@@ -38,11 +38,14 @@ class Augment:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(()) < self.cfg.hflip:
             image = F.horizontal_flip(image)
+        if torch.rand(()) < self.cfg.vflip:
+            image = F.vertical_flip(image)
         border = torch.cat([image[:, 0, :], image[:, -1, :], image[:, :, 0], image[:, :, -1]], dim=1)
         fill = border.float().median(dim=1).values.tolist()
         angle = float(torch.empty(()).uniform_(-self.cfg.rotation_deg, self.cfg.rotation_deg))
         shift = [int(torch.empty(()).uniform_(-self.cfg.translate, self.cfg.translate) * self.size) for _ in range(2)]
-        image = F.affine(image, angle=angle, translate=shift, scale=1.0, shear=[0.0, 0.0], fill=fill)
+        scale = float(torch.empty(()).uniform_(1 - self.cfg.scale, 1 + self.cfg.scale))
+        image = F.affine(image, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0], fill=fill)
         return self.color(image)
 
 

@@ -62,7 +62,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
     model = build_model(config.model, len(manifest.classes)).to(device)
     freeze_stages(model, config.model.backbone, config.model.freeze_stages)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weights)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale),
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,

@@ -1,13 +1,41 @@
 """ONNX Runtime backend (CPU or CUDA) with IO binding onto preallocated numpy buffers."""
 from __future__ import annotations
 
+import logging
+import platform
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from edge.backends.base import Backend, ModelInfo
 from edge.errors import MissingDependencyError, ModelError
+
+log = logging.getLogger(__name__)
+# model_int8.onnx carries TensorRT's form (signed, symmetric INT8 activations);
+# model_int8_cpu.onnx ("int8-cpu") is quantized for ONNX Runtime's x86 kernels.
+TENSORRT_INT8 = "int8"
+
+
+def int8_kernels_saturate(machine: Optional[str] = None, cpu_flags: Optional[set] = None) -> bool:
+    """True on x86 CPUs without VNNI: there ONNX Runtime's fused INT8 kernels multiply with
+    VPMADDUBSW, whose 16-bit pair sums saturate for full-range 8-bit weights, and a
+    compact network's accuracy collapses (OpenVINO documents the same for its kernels)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def _cpu_flags() -> set:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()  # unknown: assume the worst
 
 
 class OnnxRuntimeBackend(Backend):
@@ -24,11 +52,15 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         available = ort.get_available_providers()
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=chosen)
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
+        self.session = self._open(ort, path, options, chosen)
         self.info = ModelInfo.from_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        self.unfused_int8 = self.info.precision == TENSORRT_INT8 and chosen[0] == "CPUExecutionProvider" \
+            and int8_kernels_saturate()
+        if self.unfused_int8:  # exact Q/DQ arithmetic (what TensorRT computes), without the fused kernels
+            log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
+                        "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            self.session = self._open(ort, path, options, chosen)
         self.providers = self.session.get_providers()
         self._check_io(path)
         self.input = np.zeros(self.expected_input_shape(), np.float32)
@@ -36,6 +68,13 @@ class OnnxRuntimeBackend(Backend):
         self._binding = self.session.io_binding()
         self._binding.bind_input(self._input_name, "cpu", 0, np.float32, self.input.shape, self.input.ctypes.data)
         self._binding.bind_output(self._output_name, "cpu", 0, np.float32, self.output.shape, self.output.ctypes.data)
+
+    @staticmethod
+    def _open(ort, path: Path, options, providers):
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
 
     def _check_io(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
