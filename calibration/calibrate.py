@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
 from calibration.fp16 import convert_fp16
@@ -55,13 +56,14 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     convert_fp16(fp32, run_dir / FP16_NAME)
     stamp(run_dir / FP16_NAME, replace(info, precision="fp16").to_metadata())
 
+    source = _prepared(fp32, work / "model_prepared.onnx")
     reference, labels, _ = predict_split(fp32, manifest, "val", progress)
     fp32_acc = float(np.mean(reference.argmax(1) == labels))
     int8_meta = replace(info, precision="int8").to_metadata()
 
     def trial(name: str, method: str, exclude, on: Manifest = manifest):
         out = work / f"{name}.onnx"
-        quantize_int8(fp32, out, reader, method, work / f"ranges-{method}.json", exclude, cfg.percentile)
+        quantize_int8(source, out, reader, method, work / f"ranges-{method}.json", exclude, cfg.percentile)
         stamp(out, int8_meta)
         return out, predict_split(out, on, "val", progress=False)[0]
 
@@ -73,7 +75,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         _print(variants[-1])
         if cfg.max_float_layers and variants[-1]["val_accuracy"] < fp32_acc - cfg.max_drop:
             if ranking is None:  # which layers hurt most when quantized alone (once, on a val subset)
-                ranking = _sensitivity(manifest, work, method, fp32, trial, cfg.sensitivity_images)
+                ranking = _sensitivity(manifest, work, method, source, trial, cfg.sensitivity_images)
             for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
                 name = f"int8-{method}-float-{count}"
                 out, logits = trial(name, method, ranking[:count])
@@ -84,39 +86,58 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
 
     best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
-    cpu = _cpu_form(fp32, run_dir / INT8_CPU_NAME, reader, best, work, cfg.percentile, info)
-    cpu_scored = _score("int8-cpu", best["method"], best["float_layers"], run_dir / INT8_CPU_NAME,
-                        predict_split(cpu, manifest, "val", progress=False)[0], reference, labels)
-    _print(cpu_scored)
+    def scored(name: str, method: str, float_layers, path: Path) -> Dict:
+        logits = predict_split(path, manifest, "val", progress=False)[0]
+        return _score(name, method, float_layers, path, logits, reference, labels)
+
+    cpu_int8 = _cpu_form(source, run_dir / INT8_CPU_NAME, reader, best["float_layers"], cfg, work,
+                         replace(info, precision="int8-cpu").to_metadata(), scored)
     tensors = load_tensors_data(work / f"ranges-{best['method']}.json").data
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
               "fp32_val_accuracy": fp32_acc, "sensitivity_ranking": ranking,
-              "chosen": best["name"], "variants": variants, "int8_cpu": cpu_scored,
+              "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     return report
 
 
-def _cpu_form(fp32: Path, out: Path, reader: CalibrationReader, best: Dict, work: Path, percentile: float,
-              info) -> Path:
-    ranges = work / f"ranges-{best['method']}-asymmetric.json"
-    ranges.unlink(missing_ok=True)
-    quantize_int8_cpu(fp32, out, reader, best["method"], ranges, best["float_layers"], percentile)
-    stamp(out, replace(info, precision="int8-cpu").to_metadata())
+def _prepared(fp32: Path, out: Path) -> Path:
+    """The FP32 graph as the quantizer should see it: constants folded and the exporter's
+    explicit 'same' padding merged into the convolutions (ONNX Runtime's own pre-processing).
+    A Pad left between two Q/DQ pairs keeps ONNX Runtime from fusing the INT8 kernels."""
+    quant_pre_process(str(fp32), str(out))
     return out
 
 
-def _sensitivity(manifest: Manifest, work: Path, method: str, fp32: Path, trial, images: int) -> List[str]:
+def _cpu_form(source: Path, out: Path, reader: CalibrationReader, float_layers, cfg, work: Path, metadata,
+              scored) -> Dict:
+    """ONNX Runtime's x86 form with the same layers in float; each calibration method is tried
+    (asymmetric ranges differ from the symmetric ones) and the best on validation is kept."""
+    variants = []
+    for method in cfg.methods:
+        path = work / f"int8-cpu-{method}.onnx"
+        ranges = work / f"ranges-{method}-asymmetric.json"
+        ranges.unlink(missing_ok=True)
+        quantize_int8_cpu(source, path, reader, method, ranges, float_layers, cfg.percentile)
+        stamp(path, metadata)
+        variants.append(scored(f"int8-cpu-{method}", method, float_layers, path))
+        _print(variants[-1])
+    best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    shutil.copyfile(best["path"], out)
+    return {**best, "path": str(out), "variants": variants}
+
+
+def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
     """Quantizable layers ordered by how much validation agreement with FP32 drops when each is
     the only one quantized; layers that cost nothing are left out."""
     subset = Manifest(manifest.data_root, manifest.classes, manifest.seed, manifest.split("val")[:images])
-    reference = predict_split(fp32, subset, "val", progress=False)[0].argmax(1)
-    nodes = quantizable_nodes(fp32)
+    reference = predict_split(model, subset, "val", progress=False)[0].argmax(1)
+    nodes = quantizable_nodes(model)
     agreement = {}
     for i, node in enumerate(nodes):
-        _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(fp32), subset)
+        _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(model), subset)
         agreement[node] = float(np.mean(logits.argmax(1) == reference))
         print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f}", flush=True)
     (work / "sensitivity.onnx").unlink(missing_ok=True)
