@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 # model_int8.onnx carries TensorRT's form (signed, symmetric INT8 activations);
 # model_int8_cpu.onnx ("int8-cpu") is quantized for ONNX Runtime's x86 kernels.
 TENSORRT_INT8 = "int8"
+_warned_unfused = set()  # one warning per model file, not one per session (calibration opens many)
 
 
 def int8_kernels_saturate(machine: Optional[str] = None, cpu_flags: Optional[set] = None) -> bool:
@@ -56,11 +57,8 @@ class OnnxRuntimeBackend(Backend):
         self.info = ModelInfo.from_metadata(path, self.session.get_modelmeta().custom_metadata_map)
         self.unfused_int8 = self.info.precision == TENSORRT_INT8 and chosen[0] == "CPUExecutionProvider" \
             and int8_kernels_saturate()
-        if self.unfused_int8:  # exact Q/DQ arithmetic (what TensorRT computes), without the fused kernels
-            log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
-                        "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            self.session = self._open(ort, path, options, chosen)
+        if self.unfused_int8:
+            self.session = self._open_unfused(ort, path, options, chosen)
         self.providers = self.session.get_providers()
         self._check_io(path)
         self.input = np.zeros(self.expected_input_shape(), np.float32)
@@ -75,6 +73,15 @@ class OnnxRuntimeBackend(Backend):
             return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
+
+    def _open_unfused(self, ort, path: Path, options, providers):
+        """Exact Q/DQ arithmetic (what TensorRT computes), without the saturating fused kernels."""
+        if str(path) not in _warned_unfused:
+            _warned_unfused.add(str(path))
+            log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
+                        "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        return self._open(ort, path, options, providers)
 
     def _check_io(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
