@@ -21,7 +21,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
 from calibration.fp16 import convert_fp16
-from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8, quantize_int8_cpu
+from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
 from calibration.trt_cache import write_cache
 from edge.backends import open_backend
 from edge.config import Config
@@ -120,7 +120,7 @@ def _cpu_form(source: Path, out: Path, reader: CalibrationReader, float_layers, 
         path = work / f"int8-cpu-{method}.onnx"
         ranges = work / f"ranges-{method}-asymmetric.json"
         ranges.unlink(missing_ok=True)
-        quantize_int8_cpu(source, path, reader, method, ranges, float_layers, cfg.percentile)
+        quantize_int8(source, path, reader, method, ranges, float_layers, cfg.percentile, form="cpu")
         stamp(path, metadata)
         variants.append(scored(f"int8-cpu-{method}", method, float_layers, path))
         _print(variants[-1])

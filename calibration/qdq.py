@@ -49,45 +49,36 @@ def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_ca
         save_tensors_data(calibrator.compute_data(), ranges_cache)
 
 
-def quantize_int8(fp32: Path, out: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
-                  exclude: Sequence[str] = (), percentile: float = 99.999) -> None:
-    """Write a Q/DQ INT8 model; activation ranges are computed once per method and cached."""
+# TensorRT's form: symmetric signed activations, float weights behind a Q/DQ pair (as
+# NVIDIA's own exporters write them). ONNX Runtime's x86 form: unsigned activations with
+# their own (asymmetric) ranges and 7-bit integer weights, so every Conv fuses into a U8S8
+# kernel that cannot saturate.
+FORMS = {
+    "tensorrt": {"symmetric": True, "activation_type": QuantType.QInt8, "reduce_range": False,
+                 "extra": {"ActivationSymmetric": True, "AddQDQPairToWeight": True}},
+    "cpu": {"symmetric": False, "activation_type": QuantType.QUInt8, "reduce_range": True, "extra": {}},
+}
+
+
+def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
+                  exclude: Sequence[str] = (), percentile: float = 99.999, form: str = "tensorrt") -> None:
+    """Write a Q/DQ INT8 model; activation ranges are computed once per method and form, and cached."""
+    settings = FORMS[form]
     if not ranges_cache.is_file():
-        compute_ranges(fp32, reader, method, ranges_cache, percentile)
+        compute_ranges(source, reader, method, ranges_cache, percentile, settings["symmetric"])
     quantize_static(
-        str(fp32), str(out), None,
+        str(source), str(out), None,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        reduce_range=settings["reduce_range"],
+        activation_type=settings["activation_type"],
         weight_type=QuantType.QInt8,
         calibrate_method=METHODS[method],
         nodes_to_exclude=list(exclude),
         calibration_cache_path=str(ranges_cache),
-        # TensorRT's form: float weights behind a Q/DQ pair (as NVIDIA's own exporters write
-        # them) and float biases, which TensorRT folds into the INT8 kernels itself. With
-        # float biases, ONNX Runtime must not widen weight scales to fit int32 biases: it
-        # did so by up to 10^27 on BN-folded depthwise channels and wiped them out.
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "AddQDQPairToWeight": True, "QuantizeBias": False,
-                       "QDQDisableWeightAdjustForInt32Bias": True},
-    )
-
-
-def quantize_int8_cpu(fp32: Path, out: Path, reader: CalibrationReader, method: str, ranges_cache: Path,
-                      exclude: Sequence[str] = (), percentile: float = 99.999) -> None:
-    """ONNX Runtime's fast CPU form: U8 activations with their own (asymmetric) ranges, 7-bit
-    INT8 weights stored as integers, so every Conv fuses into a U8S8 kernel."""
-    if not ranges_cache.is_file():
-        compute_ranges(fp32, reader, method, ranges_cache, percentile, symmetric=False)
-    quantize_static(
-        str(fp32), str(out), None,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=METHODS[method],
-        nodes_to_exclude=list(exclude),
-        calibration_cache_path=str(ranges_cache),
-        extra_options={"WeightSymmetric": True, "QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True},
+        # Float biases, which TensorRT folds into its INT8 kernels itself. With float biases
+        # ONNX Runtime must not widen weight scales to fit int32 biases: it did so by up to
+        # 10^27 on BN-folded depthwise channels and wiped them out.
+        extra_options={"WeightSymmetric": True, "QuantizeBias": False,
+                       "QDQDisableWeightAdjustForInt32Bias": True, **settings["extra"]},
     )
