@@ -84,8 +84,9 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
                 if variants[-1]["val_accuracy"] >= fp32_acc - cfg.max_drop:
                     break
 
-    best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    best = _best(variants)
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
+
     def scored(name: str, method: str, float_layers, path: Path) -> Dict:
         logits = predict_split(path, manifest, "val", progress=False)[0]
         return _score(name, method, float_layers, path, logits, reference, labels)
@@ -124,7 +125,7 @@ def _cpu_form(source: Path, out: Path, reader: CalibrationReader, float_layers, 
         stamp(path, metadata)
         variants.append(scored(f"int8-cpu-{method}", method, float_layers, path))
         _print(variants[-1])
-    best = max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    best = _best(variants)
     shutil.copyfile(best["path"], out)
     return {**best, "path": str(out), "variants": variants}
 
@@ -142,6 +143,11 @@ def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial
         print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f}", flush=True)
     (work / "sensitivity.onnx").unlink(missing_ok=True)
     return [n for n in sorted(nodes, key=lambda n: agreement[n]) if agreement[n] < 1.0]
+
+
+def _best(variants: List[Dict]) -> Dict:
+    """Highest validation accuracy; at equal accuracy, closest to FP32."""
+    return max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
 
 
 def _print(variant: Dict) -> None:

@@ -55,7 +55,7 @@ def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_ca
 # kernel that cannot saturate.
 FORMS = {
     "tensorrt": {"symmetric": True, "activation_type": QuantType.QInt8, "reduce_range": False,
-                 "extra": {"ActivationSymmetric": True, "AddQDQPairToWeight": True}},
+                 "extra": {"AddQDQPairToWeight": True}},
     "cpu": {"symmetric": False, "activation_type": QuantType.QUInt8, "reduce_range": True, "extra": {}},
 }
 
@@ -79,6 +79,6 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         # Float biases, which TensorRT folds into its INT8 kernels itself. With float biases
         # ONNX Runtime must not widen weight scales to fit int32 biases: it did so by up to
         # 10^27 on BN-folded depthwise channels and wiped them out.
-        extra_options={"WeightSymmetric": True, "QuantizeBias": False,
+        extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True, "QuantizeBias": False,
                        "QDQDisableWeightAdjustForInt32Bias": True, **settings["extra"]},
     )

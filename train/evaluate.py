@@ -45,7 +45,7 @@ def predict_split(model_path: Path, manifest: Manifest, split: str, progress: bo
                 continue
             labels.append(manifest.classes.index(item.label))
         about = {"backend": backend.name, "precision": backend.info.precision, "sha256": backend.info.sha256,
-                 "unfused_int8": getattr(backend, "unfused_int8", False)}
+                 "unfused_int8": backend.unfused_int8}
     return np.stack(logits), labels, about
 
 

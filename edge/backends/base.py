@@ -59,6 +59,7 @@ class Backend(ABC):
     name = "backend"
     info: ModelInfo
     input: np.ndarray  # (1, 3, H, W) float32, written by the caller
+    unfused_int8 = False  # True where INT8 Q/DQ runs as exact but slow unfused arithmetic
 
     def expected_input_shape(self) -> Tuple[int, int, int, int]:
         size = self.info.preprocess.input_size
