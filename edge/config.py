@@ -68,6 +68,7 @@ class TrainConfig:
     early_stop_patience: int = 5
     class_weights: bool = True
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0           # > 0: validate and keep an exponential moving average of the weights
     workers: int = 2
     seed: int = 42
     device: str = "auto"
@@ -389,6 +390,8 @@ def _check_values(c: Config, source: str) -> None:
             bad(f"train.{key}", "must be >= 1")
     if not 0.0 <= c.train.label_smoothing < 1.0:
         bad("train.label_smoothing", "must be in [0, 1)")
+    if not 0.0 <= c.train.ema_decay < 1.0:
+        bad("train.ema_decay", "must be in [0, 1) (0 turns the average off)")
     aug = c.train.augment
     if not (0 <= aug.hflip <= 1 and 0 <= aug.vflip <= 1 and 0 <= aug.scale < 1 and 0 <= aug.translate < 1):
         bad("train.augment", "flip probabilities must be in [0, 1], scale and translate in [0, 1)")

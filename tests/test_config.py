@@ -52,6 +52,8 @@ def test_bad_values_and_sections(tmp_path):
         load_config(write(tmp_path, "classes: [a, a]\n"))
     with pytest.raises(ConfigError, match="train.label_smoothing"):
         load_config(write(tmp_path, "train:\n  label_smoothing: 1.5\n"))
+    with pytest.raises(ConfigError, match="train.ema_decay"):
+        load_config(write(tmp_path, "train:\n  ema_decay: 1.0\n"))
     with pytest.raises(ConfigError, match="train.augment"):
         load_config(write(tmp_path, "train:\n  augment:\n    vflip: 2\n"))
 

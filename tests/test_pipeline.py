@@ -11,7 +11,7 @@ from edge.config import load_config
 from edge.errors import ModelError
 from edge.images import read_image
 from edge.predict import Classifier
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, write_config
 
 
 def test_training_writes_checkpoints_with_config_and_classes(trained_run):
@@ -159,3 +159,20 @@ def test_augment_flips_vertically_and_scales_when_configured():
     torch.manual_seed(3)
     bright = [int((zoomed(image)[0] > 127).sum()) for _ in range(8)]
     assert len(set(bright)) > 1  # the block's size changes from draw to draw
+
+
+def test_weight_average_is_what_is_kept_and_resumes(tmp_path, dataset):
+    import torch
+
+    config = write_config(tmp_path / "ema.yaml", dataset, tmp_path / "out", train={"ema_decay": 0.9})
+    assert main(["prepare", "--config", str(config), "-q"]) == 0
+    assert main(["train", "--config", str(config), "-q"]) == 0
+    last = torch.load(tmp_path / "out" / "last.pt", weights_only=False)
+    steps = last["ema_updates"]
+    assert steps == 5  # 36 train images in batches of 8: one update per optimiser step
+    averaged, trained = last["model"], last["trained_model"]
+    assert not torch.equal(averaged["_fc.weight"], trained["_fc.weight"])
+    assert set(last["history"][0]) >= {"raw_val_acc", "val_acc"}
+
+    assert main(["train", "--config", str(config), "--epochs", "2", "--resume", "-q"]) == 0
+    assert torch.load(tmp_path / "out" / "last.pt", weights_only=False)["ema_updates"] == 2 * steps

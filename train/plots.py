@@ -34,13 +34,16 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
 
 def plot_history(history: List[Dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
+    averaged = bool(history) and all("raw_val_acc" in h for h in history)  # train.ema_decay > 0: show both weight sets
+    kept = "validation (weight average)" if averaged else "validation"
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
-    acc_ax.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    acc_ax.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
-    acc_ax.set(title="accuracy", xlabel="epoch", ylabel="top-1", ylim=(0, 1.01))
+    for ax, key, ylabel in ((loss_ax, "loss", "cross-entropy"), (acc_ax, "acc", "top-1")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label=kept)
+        if averaged:
+            ax.plot(epochs, [h[f"raw_val_{key}"] for h in history], "--", label="validation (raw weights)")
+        ax.set(title=key.replace("acc", "accuracy"), xlabel="epoch", ylabel=ylabel)
+    acc_ax.set(ylim=(0, 1.01))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from edge.config import Config
@@ -67,13 +68,19 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                                            patience=cfg.plateau_patience)
+    # The averaged weights (when on) are what is validated, kept and exported: they move less
+    # from batch to batch, so the best-on-validation epoch is less a matter of luck.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay > 0 else None
+    kept = ema.module if ema is not None else model
     state = {"epoch": 0, "best_val_acc": -1.0, "stale_epochs": 0, "history": []}
     if resume and (run_dir / LAST).is_file():
-        state = _resume(run_dir / LAST, model, optimizer, scheduler)
+        state = _resume(run_dir / LAST, model, ema, optimizer, scheduler)
         log.info("resumed from %s after epoch %d", run_dir / LAST, state["epoch"])
 
     def checkpoint() -> Dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        averaged = {} if ema is None else {"trained_model": model.state_dict(), "ema_updates": int(ema.n_averaged)}
+        return {"model": kept.state_dict(), **averaged, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "config": config.to_dict(),
                 "classes": manifest.classes, "preprocess": spec.to_json(),
                 "backbone": config.model.backbone, "torch_rng": torch.get_rng_state(), **state}
@@ -86,13 +93,13 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
         started = time.monotonic()
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
         train_loss, train_acc = _run_epoch(model, train_loader, criterion, device, optimizer,
-                                           f"epoch {epoch}/{cfg.epochs}", progress)
-        model.eval()
-        with torch.no_grad():
-            val_loss, val_acc = _run_epoch(model, val_loader, criterion, device, None, "validate", progress)
+                                           f"epoch {epoch}/{cfg.epochs}", progress, ema)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
+        if ema is not None:  # the raw weights' score too, so the average's effect shows in history.json
+            record["raw_val_loss"], record["raw_val_acc"] = _validate(model, val_loader, criterion, device, progress)
+        val_loss, val_acc = _validate(kept, val_loader, criterion, device, progress)
         scheduler.step(val_acc)
-        state["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                                 "val_loss": val_loss, "val_acc": val_acc,
+        state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
         state["epoch"] = epoch
         improved = val_acc > state["best_val_acc"]
@@ -118,8 +125,15 @@ def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: flo
             {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
 
 
+def _validate(model: nn.Module, loader, criterion, device: torch.device, progress: bool):
+    model.eval()
+    with torch.no_grad():
+        return _run_epoch(model, loader, criterion, device, None, "validate", progress)
+
+
 def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
-               optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool):
+               optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
+               ema: Optional[AveragedModel] = None):
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     for inputs, labels in bar:
@@ -130,6 +144,8 @@ def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -137,9 +153,12 @@ def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def _resume(path: Path, model: nn.Module, optimizer, scheduler) -> Dict:
+def _resume(path: Path, model: nn.Module, ema: Optional[AveragedModel], optimizer, scheduler) -> Dict:
     ckpt = load_checkpoint(path)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
+    if ema is not None:  # a checkpoint from a run without the average starts it from its weights
+        ema.module.load_state_dict(ckpt["model"])
+        ema.n_averaged.fill_(ckpt.get("ema_updates", 1))
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["torch_rng"])
