@@ -32,6 +32,7 @@ from train.prepare import MANIFEST_NAME, Manifest
 
 FP16_NAME, INT8_NAME, CACHE_NAME = "model_fp16.onnx", "model_int8.onnx", "calibration.cache"
 INT8_CPU_NAME = "model_int8_cpu.onnx"
+FORM_PRECISIONS = {"tensorrt": "int8", "cpu": "int8-cpu"}  # quantize_int8 form -> model metadata precision
 REPORT_NAME = "calibration_report.json"
 
 
@@ -59,41 +60,46 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     source = _prepared(fp32, work / "model_prepared.onnx")
     reference, labels, _ = predict_split(fp32, manifest, "val", progress)
     fp32_acc = float(np.mean(reference.argmax(1) == labels))
-    int8_meta = replace(info, precision="int8").to_metadata()
+    metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
 
-    def trial(name: str, method: str, exclude, on: Manifest = manifest):
+    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = manifest):
+        """Quantize in one form and return (file, its validation logits on `on`)."""
         out = work / f"{name}.onnx"
-        quantize_int8(source, out, reader, method, work / f"ranges-{method}.json", exclude, cfg.percentile)
-        stamp(out, int8_meta)
+        quantize_int8(source, out, reader, method, _ranges(work, method, form), exclude, cfg.percentile, form)
+        stamp(out, metadata[form])
         return out, predict_split(out, on, "val", progress=False)[0]
+
+    def scored(name: str, method: str, float_layers, form: str = "tensorrt") -> Dict:
+        out, logits = trial(name, method, float_layers, form)
+        variant = _score(name, method, float_layers, out, logits, reference, labels)
+        _print(variant)
+        return variant
 
     variants, ranking = [], None
     for method in cfg.methods:
-        (work / f"ranges-{method}.json").unlink(missing_ok=True)  # ranges belong to this model and set only
-        out, logits = trial(f"int8-{method}", method, ())
-        variants.append(_score(f"int8-{method}", method, [], out, logits, reference, labels))
-        _print(variants[-1])
+        _ranges(work, method, "tensorrt").unlink(missing_ok=True)  # ranges belong to this model and set only
+        variants.append(scored(f"int8-{method}", method, []))
         if cfg.max_float_layers and variants[-1]["val_accuracy"] < fp32_acc - cfg.max_drop:
             if ranking is None:  # which layers hurt most when quantized alone (once, on a val subset)
                 ranking = _sensitivity(manifest, work, method, source, trial, cfg.sensitivity_images)
             for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
-                name = f"int8-{method}-float-{count}"
-                out, logits = trial(name, method, ranking[:count])
-                variants.append(_score(name, method, ranking[:count], out, logits, reference, labels))
-                _print(variants[-1])
+                variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
                 if variants[-1]["val_accuracy"] >= fp32_acc - cfg.max_drop:
                     break
-
     best = _best(variants)
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
 
-    def scored(name: str, method: str, float_layers, path: Path) -> Dict:
-        logits = predict_split(path, manifest, "val", progress=False)[0]
-        return _score(name, method, float_layers, path, logits, reference, labels)
+    # ONNX Runtime's x86 form with the same layers in float; each method is tried again, since
+    # asymmetric ranges differ from the symmetric ones.
+    cpu_variants = []
+    for method in cfg.methods:
+        _ranges(work, method, "cpu").unlink(missing_ok=True)
+        cpu_variants.append(scored(f"int8-cpu-{method}", method, best["float_layers"], "cpu"))
+    cpu_best = _best(cpu_variants)
+    shutil.copyfile(cpu_best["path"], run_dir / INT8_CPU_NAME)
+    cpu_int8 = {**cpu_best, "path": str(run_dir / INT8_CPU_NAME), "variants": cpu_variants}
 
-    cpu_int8 = _cpu_form(source, run_dir / INT8_CPU_NAME, reader, best["float_layers"], cfg, work,
-                         replace(info, precision="int8-cpu").to_metadata(), scored)
-    tensors = load_tensors_data(work / f"ranges-{best['method']}.json").data
+    tensors = load_tensors_data(_ranges(work, best["method"], "tensorrt")).data
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
@@ -112,22 +118,9 @@ def _prepared(fp32: Path, out: Path) -> Path:
     return out
 
 
-def _cpu_form(source: Path, out: Path, reader: CalibrationReader, float_layers, cfg, work: Path, metadata,
-              scored) -> Dict:
-    """ONNX Runtime's x86 form with the same layers in float; each calibration method is tried
-    (asymmetric ranges differ from the symmetric ones) and the best on validation is kept."""
-    variants = []
-    for method in cfg.methods:
-        path = work / f"int8-cpu-{method}.onnx"
-        ranges = work / f"ranges-{method}-asymmetric.json"
-        ranges.unlink(missing_ok=True)
-        quantize_int8(source, path, reader, method, ranges, float_layers, cfg.percentile, form="cpu")
-        stamp(path, metadata)
-        variants.append(scored(f"int8-cpu-{method}", method, float_layers, path))
-        _print(variants[-1])
-    best = _best(variants)
-    shutil.copyfile(best["path"], out)
-    return {**best, "path": str(out), "variants": variants}
+def _ranges(work: Path, method: str, form: str) -> Path:
+    """Cached activation ranges: symmetric for TensorRT's form, asymmetric for the CPU form."""
+    return work / (f"ranges-{method}.json" if form == "tensorrt" else f"ranges-{method}-asymmetric.json")
 
 
 def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
@@ -138,7 +131,8 @@ def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial
     nodes = quantizable_nodes(model)
     agreement = {}
     for i, node in enumerate(nodes):
-        _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(model), subset)
+        _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(model),
+                          on=subset)
         agreement[node] = float(np.mean(logits.argmax(1) == reference))
         print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f}", flush=True)
     (work / "sensitivity.onnx").unlink(missing_ok=True)
