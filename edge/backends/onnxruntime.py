@@ -1,6 +1,7 @@
 """ONNX Runtime backend (CPU or CUDA) with IO binding onto preallocated numpy buffers."""
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from pathlib import Path
@@ -29,14 +30,15 @@ def int8_kernels_saturate(machine: Optional[str] = None, cpu_flags: Optional[set
     return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
-def _cpu_flags() -> set:
+@functools.lru_cache(maxsize=1)  # read once per process: calibration opens dozens of INT8 models
+def _cpu_flags() -> frozenset:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()  # unknown: assume the worst
+    return frozenset()  # unknown: assume the worst
 
 
 class OnnxRuntimeBackend(Backend):
