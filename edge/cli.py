@@ -57,8 +57,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(precision_table(compare_precisions(config, split=args.split, progress=not args.quiet)))
         return 0
     metrics = evaluate(config, model_path=args.model, split=args.split, progress=not args.quiet)
+    low, high = metrics["accuracy_ci95"]
     print(f"{metrics['model']}: {metrics['split']} accuracy {metrics['accuracy']:.4f} "
-          f"({metrics['correct']}/{metrics['count']}), weighted F1 {metrics['weighted']['f1']:.4f}")
+          f"({metrics['correct']}/{metrics['count']}; 95% interval {low:.3f}-{high:.3f}), "
+          f"weighted F1 {metrics['weighted']['f1']:.4f}")
     print(f"written: {', '.join(metrics['outputs'])}")
     return 0
 

@@ -1,7 +1,7 @@
 """Classification metrics in plain numpy (the edge box evaluates engines without torch)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -16,6 +16,17 @@ def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_clas
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
     return matrix
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> Tuple[float, float]:
+    """95 % confidence interval of an accuracy measured on `total` images (Wilson score): a
+    214-image test split pins accuracy down to a few points, and the report should say so."""
+    if total <= 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def classification_report(labels: Sequence[int], predictions: Sequence[int], classes: Sequence[str]) -> Dict:
@@ -34,6 +45,7 @@ def classification_report(labels: Sequence[int], predictions: Sequence[int], cla
         "count": total,
         "correct": int(true_pos.sum()),
         "accuracy": float(true_pos.sum() / total) if total else 0.0,
+        "accuracy_ci95": list(wilson_interval(int(true_pos.sum()), total)),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(classes)},
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
