@@ -7,6 +7,8 @@ CONFIG ?= configs/default.yaml
 LINE ?= configs/demo.yaml
 DATA ?= ../shared/datasets/trashnet
 RUN_DIR ?= runs/default
+# The demo trains in its own folder, so it never overwrites a full training run.
+DEMO_RUN_DIR ?= runs/demo
 DEMO_EPOCHS ?= 4
 PRECISION ?= fp16
 PREFIX ?= /opt/scrapsort
@@ -32,15 +34,15 @@ check-data:
 	@test -d "$(DATA)" || { echo "no dataset at $(DATA): pass DATA=/path/to/class-folders (TrashNet layout)"; exit 2; }
 
 check-model:
-	@test -f "$(RUN_DIR)/model.onnx" || { echo "no $(RUN_DIR)/model.onnx: run 'make train' (or 'make demo') first"; exit 2; }
+	@test -f "$(RUN_DIR)/model.onnx" || { echo "no $(RUN_DIR)/model.onnx: run 'make train' first (or use the demo's model: RUN_DIR=$(DEMO_RUN_DIR))"; exit 2; }
 
 demo: setup check-data ## end to end: prepare, train (DEMO_EPOCHS), evaluate, export, then sort on the simulated belt
-	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
-	$(SCRAPSORT) train --config $(CONFIG) --run-dir $(RUN_DIR) --epochs $(DEMO_EPOCHS)
-	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
-	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
-	$(SCRAPSORT) predict $(RUN_DIR)/model.onnx $(DATA)/glass/glass1.jpg $(DATA)/trash/trash1.jpg
-	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR) --model $(RUN_DIR)/model.onnx
+	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(DEMO_RUN_DIR)
+	$(SCRAPSORT) train --config $(CONFIG) --run-dir $(DEMO_RUN_DIR) --epochs $(DEMO_EPOCHS)
+	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(DEMO_RUN_DIR)
+	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(DEMO_RUN_DIR)
+	$(SCRAPSORT) predict $(DEMO_RUN_DIR)/model.onnx $(DATA)/glass/glass1.jpg $(DATA)/trash/trash1.jpg
+	$(SCRAPSORT) run --config $(LINE) --run-dir $(DEMO_RUN_DIR) --model $(DEMO_RUN_DIR)/model.onnx
 
 test: setup ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
