@@ -147,8 +147,11 @@ def _daemon_latency(config: Config, items: int) -> Dict:
     from edge.simulator import SimulatedConveyor
 
     sim_cfg = dataclasses.replace(config.simulator, items=items, processing_jitter_ms=())
+    # The line keeps its audit log and captures under bench/, but runs the run's own model.
+    model = config.runtime.model or str(config.run_path / "model.onnx")
     line = config.replace(source=dataclasses.replace(config.source, uri="sim://"), simulator=sim_cfg,
                           observability=dataclasses.replace(config.observability, port=0),
+                          runtime=dataclasses.replace(config.runtime, model=model),
                           run_dir=str(config.run_path / "bench" / "line"))
     simulator = SimulatedConveyor(line)
     sorter = Sorter(line, simulator=simulator).run_to_end()

@@ -10,8 +10,8 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     _, run = trained_run
     out = tmp_path / "run"
     shutil.copytree(run, out)
-    line_config(tmp_path, run, run_dir=str(out), runtime={"model": str(out / "model.onnx")},
-                         simulator={"items": 3})
+    # runtime.model left at its default (<run_dir>/model.onnx), as the shipped demo line has it
+    line_config(tmp_path, run, run_dir=str(out), runtime={"model": ""}, simulator={"items": 3})
     assert main(["bench", "--config", str(tmp_path / "line.yaml"), "--iterations", "5", "--warmup", "1",
                  "--daemon-items", "3"]) == 0
     result = json.loads((out / "bench" / "bench.json").read_text())
@@ -21,6 +21,7 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
         assert row["latency_ms"]["n"] == 5 and row["latency_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
     assert rows[("ONNX Runtime", "fp32")]["speedup_vs_ort_fp32"] == 1.0
+    assert result["daemon"]["model"] == str(out / "model.onnx")
     assert result["daemon"]["items"] == 3 and result["daemon"]["latency_ms"]["inference"]["n"] == 3
     assert result["machine"]["cores"] >= 1
     assert (out / "bench" / "bench.png").read_bytes().startswith(b"\x89PNG")
