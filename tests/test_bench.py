@@ -13,7 +13,7 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     # runtime.model left at its default (<run_dir>/model.onnx), as the shipped demo line has it
     line_config(tmp_path, run, run_dir=str(out), runtime={"model": ""}, simulator={"items": 3})
     assert main(["bench", "--config", str(tmp_path / "line.yaml"), "--iterations", "5", "--warmup", "1",
-                 "--daemon-items", "3"]) == 0
+                 "--daemon-items", "10"]) == 0
     result = json.loads((out / "bench" / "bench.json").read_text())
     rows = {(r["backend"], r["precision"]): r for r in result["models"]}
     assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime", "fp32")}
@@ -22,7 +22,8 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
     assert rows[("ONNX Runtime", "fp32")]["speedup_vs_ort_fp32"] == 1.0
     assert result["daemon"]["model"] == str(out / "model.onnx")
-    assert result["daemon"]["items"] == 3 and result["daemon"]["latency_ms"]["inference"]["n"] == 3
+    # the belt carries the run's test split (6 images), not the 48-image dataset folder
+    assert result["daemon"]["items"] == 6 and result["daemon"]["latency_ms"]["inference"]["n"] == 6
     assert result["machine"]["cores"] >= 1
     assert (out / "bench" / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| ONNX Runtime | fp32 |" in (out / "bench" / "bench.md").read_text()
