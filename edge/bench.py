@@ -144,18 +144,16 @@ def _daemon_latency(config: Config, items: int) -> Dict:
 
     from edge.daemon import Sorter
     from edge.report import summarize
-    from edge.simulator import SimulatedConveyor, sample_items
+    from edge.simulator import SimulatedConveyor
 
     sim_cfg = dataclasses.replace(config.simulator, items=items, processing_jitter_ms=())
-    # The line keeps its audit log and captures under bench/, but runs the run's own model
-    # on the run's own test split (sampled before run_dir moves), as the demo line does.
-    on_belt = sample_items(config.replace(simulator=sim_cfg))
-    model = config.runtime.model or str(config.run_path / "model.onnx")
+    # Only the audit log and captures go elsewhere (never into the line's own); the run dir
+    # stays, so the run's model and its test split are what the belt uses, as on the demo line.
+    scratch = config.run_path / "bench" / "line"
+    audit = dataclasses.replace(config.audit, db=str(scratch / "audit.db"), captures_dir=str(scratch / "captures"))
     line = config.replace(source=dataclasses.replace(config.source, uri="sim://"), simulator=sim_cfg,
-                          observability=dataclasses.replace(config.observability, port=0),
-                          runtime=dataclasses.replace(config.runtime, model=model),
-                          run_dir=str(config.run_path / "bench" / "line"))
-    simulator = SimulatedConveyor(line, items=on_belt)
+                          observability=dataclasses.replace(config.observability, port=0), audit=audit)
+    simulator = SimulatedConveyor(line)
     sorter = Sorter(line, simulator=simulator).run_to_end()
     summary = summarize(sorter, simulator)
     stages = summary["latency_ms"]

@@ -22,6 +22,7 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
     assert rows[("ONNX Runtime", "fp32")]["speedup_vs_ort_fp32"] == 1.0
     assert result["daemon"]["model"] == str(out / "model.onnx")
+    assert (out / "bench" / "line" / "audit.db").is_file() and not (out / "audit.db").exists()
     # the belt carries the run's test split (6 images), not the 48-image dataset folder
     assert result["daemon"]["items"] == 6 and result["daemon"]["latency_ms"]["inference"]["n"] == 6
     assert result["machine"]["cores"] >= 1
