@@ -39,13 +39,13 @@ def classification_report(labels: Sequence[int], predictions: Sequence[int], cla
     recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
-    total = int(support.sum())
+    total, correct = int(support.sum()), int(true_pos.sum())
     weights = support / total if total else np.zeros_like(true_pos)
     return {
         "count": total,
-        "correct": int(true_pos.sum()),
-        "accuracy": float(true_pos.sum() / total) if total else 0.0,
-        "accuracy_ci95": list(wilson_interval(int(true_pos.sum()), total)),
+        "correct": correct,
+        "accuracy": correct / total if total else 0.0,
+        "accuracy_ci95": list(wilson_interval(correct, total)),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
                              "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(classes)},
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
