@@ -23,12 +23,12 @@ from calibration.dataset import SET_NAME, CalibrationReader, load_set, preproces
 from calibration.fp16 import convert_fp16
 from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
 from calibration.trt_cache import write_cache
-from edge.backends import open_backend
+from edge.vision.backends import open_backend
 from edge.config import Config
-from edge.preprocess import PreprocessSpec
+from edge.vision.preprocess import PreprocessSpec
 from train.evaluate import predict_split
 from train.onnx_meta import input_name, stamp
-from train.prepare import MANIFEST_NAME, Manifest
+from edge.vision.dataset import MANIFEST_NAME, Manifest
 
 FP16_NAME, INT8_NAME, CACHE_NAME = "model_fp16.onnx", "model_int8.onnx", "calibration.cache"
 INT8_CPU_NAME = "model_int8_cpu.onnx"

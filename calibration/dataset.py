@@ -14,11 +14,11 @@ from typing import Dict, List
 
 import numpy as np
 
-from edge.backends.base import ModelInfo
+from edge.vision.backends.base import ModelInfo
 from edge.errors import DataError
-from edge.images import read_image
-from edge.preprocess import Preprocessor, PreprocessSpec
-from train.prepare import Item, Manifest
+from edge.vision.images import read_image
+from edge.vision.preprocess import Preprocessor, PreprocessSpec
+from edge.vision.dataset import Item, Manifest
 
 SET_NAME = "calibration_set.json"
 

@@ -3,7 +3,7 @@
 - TensorRT's form (model_int8.onnx): symmetric INT8 activations and weights (zero point 0),
   per-channel weight scales. TensorRT 8.5 .. 11 build it; ONNX Runtime runs it exactly, but
   on x86 CPUs without VNNI only unfused (its fused kernels would saturate, see
-  edge.backends.onnxruntime.int8_kernels_saturate).
+  edge.vision.backends.onnxruntime.int8_kernels_saturate).
 - ONNX Runtime's CPU form (model_int8_cpu.onnx): unsigned asymmetric activations and 7-bit
   per-channel weights, which x86 fused kernels (U8S8) run fast without saturating.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from edge.config import Config, load_config
-from edge.deps import require_workstation
+from edge.deps import require
 from edge.errors import ScrapsortError
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -28,21 +28,20 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from train.prepare import format_report, prepare
-
+    prepare = require("train.prepare", "train")
     config = _config(args)
     data_root = Path(args.data or config.data.root)
-    report = prepare(config, data_root, config.run_path, progress=not args.quiet)
-    print(format_report(report))
+    report = prepare.prepare(config, data_root, config.run_path, progress=not args.quiet)
+    print(prepare.format_report(report))
     print(f"manifest: {config.run_path / 'manifest.json'}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    train = require_workstation("train.train")
+    train = require("train.train", "train")
     config = _config(args)
     if args.epochs:
-        config = config.replace(train=_replace(config.train, epochs=args.epochs))
+        config = config.replace(train=config.train.replace(epochs=args.epochs))
     result = train.train(config, resume=args.resume, progress=not args.quiet)
     print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
           f"checkpoint {result['checkpoint']}")
@@ -50,13 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from train.evaluate import compare_precisions, evaluate, precision_table
-
+    evaluate = require("train.evaluate", "train")
     config = _config(args)
     if args.precisions:
-        print(precision_table(compare_precisions(config, split=args.split, progress=not args.quiet)))
+        report = evaluate.compare_precisions(config, split=args.split, progress=not args.quiet)
+        print(evaluate.precision_table(report))
         return 0
-    metrics = evaluate(config, model_path=args.model, split=args.split, progress=not args.quiet)
+    metrics = evaluate.evaluate(config, model_path=args.model, split=args.split, progress=not args.quiet)
     low, high = metrics["accuracy_ci95"]
     print(f"{metrics['model']}: {metrics['split']} accuracy {metrics['accuracy']:.4f} "
           f"({metrics['correct']}/{metrics['count']}; 95% interval {low:.3f}-{high:.3f}), "
@@ -66,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    export = require_workstation("train.export")
+    export = require("train.export", "train")
     config = _config(args)
     result = export.export(config, checkpoint=args.checkpoint, dynamic_batch=args.dynamic_batch)
     print(f"ONNX {result['onnx']} (opset {result['opset']}): max |ONNX Runtime - PyTorch| = "
@@ -76,7 +75,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    calibrate = require_workstation("calibration.calibrate")
+    calibrate = require("calibration.calibrate", "train")
     config = _config(args)
     report = calibrate.calibrate(config, model_path=args.model, set_path=args.set, progress=not args.quiet)
     print(f"FP16: {report['fp16']}")
@@ -103,17 +102,17 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.run import run_line
+    from edge.service.run import run_line
 
     config = _config(args)
     if args.model:
-        config = config.replace(runtime=_replace(config.runtime, model=args.model))
+        config = config.replace(runtime=config.runtime.replace(model=args.model))
     run_line(config)
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.bench import bench, markdown
+    from edge.service.bench import bench, markdown
 
     config = _config(args)
     result = bench(config, iterations=args.iterations, warmup=args.warmup, accuracy=not args.no_accuracy,
@@ -124,7 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_outputs_off(args: argparse.Namespace) -> int:
-    from edge.run import outputs_off
+    from edge.service.run import outputs_off
 
     return outputs_off(_config(args))
 
@@ -139,7 +138,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from edge.predict import predict_paths
+    from edge.vision.predict import predict_paths
 
     records = predict_paths(args.model, args.images, top=args.top)
     failures = 0
@@ -156,12 +155,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(records)} file(s) could not be classified", file=sys.stderr)
     return 2 if failures else 0
-
-
-def _replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def build_parser() -> argparse.ArgumentParser:

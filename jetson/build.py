@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from edge.backends.base import file_sha256
+from edge.vision.backends.base import file_sha256
 from edge.config import Config
 from edge.errors import ConfigError, ModelError
+from edge.files import atomic_write
 from jetson import cuda
 from jetson.metadata import EngineMetadata, Runtime
 from jetson.trt import has_strong_typing, import_tensorrt, logger, major
@@ -83,8 +84,8 @@ def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optio
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise ModelError(f"TensorRT failed to build {precision} from {onnx_path}; see its log above")
-    _atomic_write(target, bytes(serialized))
-    _atomic_write(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
+    atomic_write(target, bytes(serialized))
+    atomic_write(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
     _sidecar(trt, network, onnx_path, precision, typed, cfg.dla_core).save(target)
     print(f"built {target} in {time.monotonic() - started:.0f} s (timing cache {timing_cache})")
     return target
@@ -129,7 +130,7 @@ def _builder_config(trt, builder, network, config: Config, precision: str, typed
 
 
 def _sidecar(trt, network, onnx_path: Path, precision: str, typed: bool, dla_core: int) -> EngineMetadata:
-    from edge.backends import open_backend
+    from edge.vision.backends import open_backend
 
     name, capability = cuda.gpu()
     with open_backend(onnx_path) as onnx_model:  # the ONNX metadata travels into the sidecar
@@ -158,10 +159,3 @@ def _matches(engine: Path, onnx_path: Path) -> bool:
 def runtime() -> Runtime:
     trt = import_tensorrt()
     return Runtime(trt.__version__, *cuda.gpu())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

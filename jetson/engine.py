@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends.base import Backend, ModelInfo, file_sha256
+from edge.vision.backends.base import Backend, ModelInfo, file_sha256
 from edge.errors import ModelError
-from edge.preprocess import PreprocessSpec
+from edge.vision.preprocess import PreprocessSpec
 from jetson import cuda
 from jetson.metadata import EngineMetadata, Runtime, check_match
 from jetson.trt import import_tensorrt, logger

@@ -1,18 +1,14 @@
 """Import TensorRT once, with the versions it may be (8.5/8.6, 10.x, 11.x)."""
 from __future__ import annotations
 
-from edge.errors import MissingDependencyError
+from edge.deps import require
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError(
-            "TensorRT is not installed on this machine. Engines are built on the device that runs them "
-            "(a Jetson with JetPack 5/6/7, or an x86 box with TensorRT): there run `make engine PRECISION=fp16` "
-            "or `scrapsort build`. Here, use the ONNX models with ONNX Runtime.") from None
-    return tensorrt
+    return require("tensorrt", fix=(
+        "TensorRT is not installed on this machine. Engines are built on the device that runs them (a Jetson with JetPack 5/6/7, which ships TensorRT, or "
+        "an x86 box with TensorRT): there run `make engine PRECISION=fp16` or `scrapsort build`. Here, use the "
+        "ONNX models with ONNX Runtime."))
 
 
 def major(trt) -> int:

@@ -8,12 +8,12 @@ import pytest
 
 from calibration.dataset import load_set, select_items
 from calibration.trt_cache import read_cache, version_code, write_cache
-from edge.backends import onnxruntime as ort_backend, open_backend
-from edge.backends.onnxruntime import int8_kernels_saturate
+from edge.vision.backends import onnxruntime as ort_backend, open_backend
+from edge.vision.backends.onnxruntime import int8_kernels_saturate
 from edge.cli import main
 from edge.errors import DataError
 from tests.conftest import write_config
-from train.prepare import Manifest
+from edge.vision.dataset import Manifest
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from edge.config import load_config
-from edge.daemon import Sorter
-from edge.report import summarize
-from edge.simulator import SimulatedConveyor
+from edge.service.sorter import Sorter
+from edge.service.report import summarize
+from edge.line.simulator import SimulatedConveyor
 from tests.conftest import CLASSES
 
 EJECTORS = [{"bin": c, "position_mm": 300 + 60 * i, "output": i} for i, c in enumerate(CLASSES)] + \

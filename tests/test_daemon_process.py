@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edge.daemon import Sorter
-from edge.simulator import SimulatedConveyor
+from edge.service.sorter import Sorter
+from edge.line.simulator import SimulatedConveyor
 from tests.test_daemon import line_config
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from edge.errors import ImageError
-from edge.images import decode_image, read_image, to_bgr8
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.vision.images import decode_image, read_image, to_bgr8
+from edge.vision.preprocess import Preprocessor, PreprocessSpec
 
 
 def jpeg(image) -> bytes:

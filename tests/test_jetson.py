@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.backends import open_backend
+from edge.vision.backends import open_backend
 from edge.cli import main
 from edge.errors import ModelError
 from jetson.build import onnx_for

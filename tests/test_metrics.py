@@ -1,7 +1,8 @@
 """The accuracy interval reported next to every evaluation."""
 import pytest
 
-from edge.metrics import classification_report, wilson_interval
+from edge.stats import wilson_interval
+from edge.vision.scoring import classification_report
 
 
 def test_wilson_interval_matches_published_values():

@@ -5,12 +5,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.backends import open_backend
+from edge.vision.backends import open_backend
 from edge.cli import main
 from edge.config import load_config
 from edge.errors import ModelError
-from edge.images import read_image
-from edge.predict import Classifier
+from edge.vision.images import read_image
+from edge.vision.predict import Classifier
 from tests.conftest import CLASSES, write_config
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from edge.actuators import Actuator
-from edge.belt import BeltTracker
-from edge.config import ActuatorConfig, LineConfig
-from edge.ejector import EjectionScheduler
-from edge.gpio import GpioActuator
-from edge.modbus import ModbusActuator
+from edge.plant.base import Actuator
+from edge.line.belt import BeltTracker
+from edge.config import GpioActuatorConfig, LineConfig, ModbusActuatorConfig, MqttActuatorConfig
+from edge.line.ejector import EjectionScheduler
+from edge.plant.gpio import GpioActuator
+from edge.plant.modbus import ModbusActuator
 from tests.test_daemon import line_config
 
 PLC = Path(__file__).parent / "peers" / "plc_server.py"
@@ -81,12 +81,12 @@ def plc(tmp_path):
 
 
 def modbus_cfg(port, **kw):
-    return ActuatorConfig(type="modbus", port=port, timeout_s=0.3, retries=0, heartbeat_s=0.1, **kw)
+    return ModbusActuatorConfig(type="modbus", port=port, timeout_s=0.3, retries=0, heartbeat_s=0.1, **kw)
 
 
 def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
-    from edge.daemon import Sorter
-    from edge.simulator import SimulatedConveyor
+    from edge.service.sorter import Sorter
+    from edge.line.simulator import SimulatedConveyor
 
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 4},
@@ -139,8 +139,8 @@ def test_only_configured_coils_are_written(plc):
 
 
 def test_daemon_health_drops_and_outputs_go_off_when_plc_is_lost(tmp_path, trained_run, plc):
-    from edge.daemon import Sorter
-    from edge.simulator import SimulatedConveyor
+    from edge.service.sorter import Sorter
+    from edge.line.simulator import SimulatedConveyor
 
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 30},
@@ -243,7 +243,7 @@ class Subscriber:
 
 
 def mqtt_cfg(port, **kw):
-    return ActuatorConfig(type="mqtt", port=port, **{"timeout_s": 2.0, **kw})
+    return MqttActuatorConfig(type="mqtt", port=port, **{"timeout_s": 2.0, **kw})
 
 
 def row(item_id):
@@ -253,7 +253,7 @@ def row(item_id):
 
 @needs_mosquitto
 def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
-    from edge.mqtt import MqttActuator
+    from edge.plant.mqtt import MqttActuator
 
     broker = Broker(tmp_path).start()
     try:
@@ -286,8 +286,8 @@ def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
 def test_mqtt_last_will_is_retained_offline(tmp_path):
     broker = Broker(tmp_path).start()
     try:
-        code = ("import sys, time; from edge.mqtt import MqttActuator; from edge.config import ActuatorConfig; "
-                f"a = MqttActuator(ActuatorConfig(type='mqtt', port={broker.port}), 0.1); "
+        code = ("import sys, time; from edge.plant.mqtt import MqttActuator; from edge.config import MqttActuatorConfig; "
+                f"a = MqttActuator(MqttActuatorConfig(type='mqtt', port={broker.port}), 0.1); "
                 "print('up' if a.healthy() else 'down', flush=True); time.sleep(60)")
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "up"
@@ -303,7 +303,7 @@ def test_mqtt_last_will_is_retained_offline(tmp_path):
 @needs_mosquitto
 def test_mqtt_credentials(tmp_path, caplog):
     from edge.errors import ConfigError
-    from edge.mqtt import MqttActuator
+    from edge.plant.mqtt import MqttActuator
 
     broker = Broker(tmp_path, password=True).start()
     try:
@@ -344,7 +344,7 @@ def test_gpio_driver_logic_caps_pulses_and_switches_off():
     """The kernel's gpio-sim needs configfs and the gpio-sim module, which this sandbox lacks:
     the driver's logic runs here against RecordingLines; GpiodLines is the only untested part."""
     lines = RecordingLines(3)
-    actuator = GpioActuator(ActuatorConfig(type="gpio", lines=(5, 6, 7)), max_pulse_s=0.05, lines=lines)
+    actuator = GpioActuator(GpioActuatorConfig(type="gpio", lines=(5, 6, 7)), max_pulse_s=0.05, lines=lines)
     started = actuator.pulse(1, 2.0, "000001")   # asks for 2 s: the driver caps it at 50 ms
     time.sleep(0.2)
     on, off = [c for c in lines.changes if c[1] == 1]
@@ -368,9 +368,9 @@ def test_several_drivers_at_once_and_one_failing(tmp_path):
         def all_off(self):
             pass
 
-    from edge.actuators import SimulatedActuator
+    from edge.plant.simulated import SimulatedActuator
 
-    sim = SimulatedActuator(0.1)
+    sim = SimulatedActuator(max_pulse_s=0.1)
     belt = BeltTracker(LineConfig(belt_speed_mm_s=1000))
     scheduler = EjectionScheduler(belt, [Broken(0.1), sim])
     scheduler.start()

@@ -4,7 +4,8 @@ import shutil
 from edge.cli import main
 from edge.config import config_from_dict
 from tests.conftest import CLASSES, write_config
-from train.prepare import Manifest, prepare
+from edge.vision.dataset import Manifest
+from train.prepare import prepare
 
 
 def config(tmp_path, data):

@@ -2,7 +2,7 @@
 
 On real TrashNet glass/plastic photos, the ImageNet head is more confident (lower entropy)
 with TF-Lite's (x - 127) / 128 than with torchvision's ImageNet mean/std: the default that
-edge.preprocess assigns to efficientnet_lite0.
+edge.vision.preprocess assigns to efficientnet_lite0.
 """
 import numpy as np
 import pytest
@@ -14,8 +14,8 @@ def test_tf_lite_normalisation_fits_pretrained_lite0(trashnet):
     import torch
 
     from edge.config import ModelConfig
-    from edge.images import read_image
-    from edge.preprocess import NORMALISATIONS, Preprocessor, PreprocessSpec
+    from edge.vision.images import read_image
+    from edge.vision.preprocess import NORMALISATIONS, Preprocessor, PreprocessSpec
     from train.models import _efficientnet_lite0, _load_backbone_weights
 
     cfg = ModelConfig()

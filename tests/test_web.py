@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.daemon import Sorter
+from edge.service.sorter import Sorter
 from edge.errors import ConfigError
-from edge.simulator import SimulatedConveyor
+from edge.line.simulator import SimulatedConveyor
 from tests.conftest import CLASSES
 from tests.test_daemon import line_config
 from tests.test_plant_io import free_port, wait_for

@@ -11,7 +11,7 @@ from torch import nn
 
 from edge.config import config_from_dict
 from edge.errors import ModelError
-from edge.preprocess import PreprocessSpec
+from edge.vision.preprocess import PreprocessSpec
 from train.models import build_model
 
 BEST, LAST = "best.pt", "last.pt"

@@ -1,6 +1,6 @@
 """Datasets over the split manifest, built on the shared edge preprocessing.
 
-Each sample is resized by edge.preprocess (the same code the belt runs), augmented as uint8
+Each sample is resized by edge.vision.preprocess (the same code the belt runs), augmented as uint8
 at model resolution (train split only), then normalised by the same shared code.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torchvision.transforms.v2 import functional as F
 
 from edge.config import AugmentConfig
 from edge.errors import ImageError
-from edge.images import read_image
-from edge.preprocess import Preprocessor
-from train.prepare import Item, Manifest
+from edge.vision.images import read_image
+from edge.vision.preprocess import Preprocessor
+from edge.vision.dataset import Item, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ for the training run, the loss/accuracy curves.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -14,39 +15,21 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from edge.backends import open_backend
+from edge.vision.backends import open_backend
 from edge.config import Config
 from edge.errors import ImageError, ModelError
-from edge.images import read_image
-from edge.metrics import classification_report
-from edge.predict import Classifier
-from train.prepare import MANIFEST_NAME, Manifest
+from edge.vision.images import read_image
+from edge.vision import dataset
+from edge.vision.dataset import MANIFEST_NAME, Manifest
+from edge.vision.scoring import classification_report
 
 log = logging.getLogger(__name__)
 
 
-def predict_split(model_path: Path, manifest: Manifest, split: str, progress: bool = True
-                  ) -> Tuple[np.ndarray, List[int], Dict]:
-    """(logits NxC, true label indices, backend description) for every readable image of a split."""
-    items = manifest.split(split)
-    if not items:
-        raise ModelError(f"split '{split}' is empty in the manifest; re-run `scrapsort prepare`")
-    with open_backend(model_path) as backend:
-        if list(backend.info.classes) != list(manifest.classes):
-            raise ModelError(f"{model_path}: model classes {list(backend.info.classes)} differ from the "
-                             f"manifest's {manifest.classes}; evaluate with the matching config")
-        classifier = Classifier(backend)
-        logits, labels = [], []
-        for item in tqdm(items, desc=f"evaluating {Path(model_path).name}", unit="img", disable=not progress):
-            try:
-                logits.append(classifier.logits(read_image(manifest.absolute(item))).copy())
-            except ImageError as exc:
-                log.warning("skipped: %s", exc)
-                continue
-            labels.append(manifest.classes.index(item.label))
-        about = {"backend": backend.name, "precision": backend.info.precision, "sha256": backend.info.sha256,
-                 "unfused_int8": backend.unfused_int8}
-    return np.stack(logits), labels, about
+def predict_split(model_path: Path, manifest: Manifest, split: str, progress: bool = True):
+    """dataset.predict_split with a progress bar."""
+    bar = functools.partial(tqdm, desc=f"evaluating {Path(model_path).name}", unit="img", disable=not progress)
+    return dataset.predict_split(model_path, manifest, split, progress=bar)
 
 
 def evaluate(config: Config, model_path: Optional[str] = None, split: str = "test", progress: bool = True) -> Dict:

@@ -14,15 +14,15 @@ import numpy as np
 import onnx
 import torch
 
-from edge.backends import open_backend
-from edge.backends.base import ModelInfo
+from edge.vision.backends import open_backend
+from edge.vision.backends.base import ModelInfo
 from edge.config import Config
 from edge.errors import ModelError
-from edge.images import read_image
-from edge.preprocess import Preprocessor
+from edge.vision.images import read_image
+from edge.vision.preprocess import Preprocessor
 from train.checkpoint import BEST, model_from_checkpoint
 from train.onnx_meta import add_metadata
-from train.prepare import MANIFEST_NAME, Manifest
+from edge.vision.dataset import MANIFEST_NAME, Manifest
 from train.torch_backend import TORCHSCRIPT_METADATA
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

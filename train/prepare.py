@@ -11,52 +11,16 @@ import hashlib
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from edge.config import Config
 from edge.errors import DataError, ImageError
-from edge.images import IMAGE_SUFFIXES, decode_image
+from edge.vision.dataset import MANIFEST_NAME, Item, Manifest
+from edge.vision.images import IMAGE_SUFFIXES, decode_image
 
 SPLITS = ("train", "val", "test")
-MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "data_report.json"
-
-
-@dataclass(frozen=True)
-class Item:
-    path: str  # relative to the manifest's data root
-    label: str
-    split: str
-    sha256: str
-
-
-@dataclass
-class Manifest:
-    data_root: str
-    classes: List[str]
-    seed: int
-    items: List[Item]
-
-    def split(self, name: str) -> List[Item]:
-        return [item for item in self.items if item.split == name]
-
-    def absolute(self, item: Item) -> Path:
-        return Path(self.data_root) / item.path
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"data_root": self.data_root, "classes": self.classes, "seed": self.seed,
-                "items": [asdict(item) for item in self.items]}
-        path.write_text(json.dumps(data, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> "Manifest":
-        if not path.is_file():
-            raise DataError(f"{path}: no split manifest; run `scrapsort prepare` first")
-        data = json.loads(path.read_text())
-        return cls(data["data_root"], data["classes"], data["seed"], [Item(**i) for i in data["items"]])
 
 
 def prepare(config: Config, data_root: Path, out_dir: Path, progress: bool = True) -> dict:

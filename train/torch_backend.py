@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.backends.base import Backend, ModelInfo, file_sha256
+from edge.vision.backends.base import Backend, ModelInfo, file_sha256
 from edge.errors import ModelError
-from edge.preprocess import PreprocessSpec
+from edge.vision.preprocess import PreprocessSpec
 from train.checkpoint import model_from_checkpoint
 
 TORCHSCRIPT_METADATA = "scrapsort.json"

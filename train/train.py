@@ -19,11 +19,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from edge.config import Config
-from edge.preprocess import Preprocessor, PreprocessSpec
+from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
 from train.models import build_model, freeze_stages, head, set_train_mode
-from train.prepare import MANIFEST_NAME, Manifest
+from edge.vision.dataset import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
 

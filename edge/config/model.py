@@ -1,0 +1,106 @@
+"""Config for the model's life on the workstation and the device: data, model,
+preprocessing, training, export, calibration, TensorRT engine, and the runtime that loads it."""
+from __future__ import annotations
+
+from typing import Literal, Tuple
+
+from pydantic import Field, model_validator
+
+from edge.config.base import Bool, Float, Int, Invalid, Section, Str
+
+Backbone = Literal["efficientnet_lite0", "resnet18"]
+# "auto" picks the backbone's own normalisation (edge.vision.preprocess.NORMALISATIONS).
+Normalisation = Literal["auto", "tf_lite", "imagenet"]
+CalibrationMethod = Literal["entropy", "percentile", "max"]
+
+
+class DataConfig(Section):
+    root: Str = "../shared/datasets/trashnet"
+    val_fraction: Float = Field(0.1, gt=0, lt=1)
+    test_fraction: Float = Field(0.1, gt=0, lt=1)
+    seed: Int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise Invalid("val_fraction", "and data.test_fraction must sum below 1 (the rest is the train split)")
+        return self
+
+
+class ModelConfig(Section):
+    backbone: Backbone = "efficientnet_lite0"
+    # "imagenet": the offline ImageNet weights for the backbone; "none": from scratch;
+    # anything else: path to a state_dict file.
+    weights: Str = "imagenet"
+    input_size: Int = Field(224, ge=32, le=1024)
+    freeze_stages: Int = Field(3, ge=0, description="leading stages kept frozen while fine-tuning (0 trains all)")
+    dropout: Float = Field(0.2, ge=0, lt=1)
+
+
+class PreprocessConfig(Section):
+    normalisation: Normalisation = "auto"
+
+
+class AugmentConfig(Section):
+    hflip: Float = Field(0.5, ge=0, le=1)
+    vflip: Float = Field(0.0, ge=0, le=1, description="> 0 where items lie in any orientation (top-down camera)")
+    rotation_deg: Float = Field(15.0, ge=0, le=180)
+    translate: Float = Field(0.1, ge=0, lt=1)
+    scale: Float = Field(0.0, ge=0, lt=1, description="+-fraction: items of one class come in several sizes")
+    color_jitter: Float = Field(0.2, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    epochs: Int = Field(15, ge=1)
+    batch_size: Int = Field(32, ge=1)
+    lr: Float = Field(1e-3, gt=0, le=1)
+    backbone_lr_scale: Float = Field(1.0, gt=0, le=1, description="< 1: the pretrained backbone learns slower")
+    weight_decay: Float = Field(1e-4, ge=0)
+    plateau_patience: Int = Field(3, ge=0)
+    plateau_factor: Float = Field(0.5, gt=0, lt=1)
+    early_stop_patience: Int = Field(5, ge=1)
+    class_weights: Bool = True
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
+    ema_decay: Float = Field(0.0, ge=0, lt=1, description="> 0: validate and keep a moving average of the weights "
+                                                          "(0 turns the average off)")
+    workers: Int = Field(2, ge=0)
+    seed: Int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_images: Bool = True
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ExportConfig(Section):
+    opset: Int = Field(17, ge=13)
+    dynamic_batch: Bool = False
+    parity_images: Int = Field(16, ge=1)
+    parity_tolerance: Float = Field(1e-4, gt=0)
+
+
+class CalibrationConfig(Section):
+    images: Int = Field(300, ge=1, description="from the train split, stratified; never test images")
+    # Tried in turn; the variant with the best validation accuracy (then agreement with FP32) is kept.
+    methods: Tuple[CalibrationMethod, ...] = Field(("entropy", "percentile", "max"), min_length=1)
+    percentile: Float = Field(99.999, gt=90, lt=100)
+    max_drop: Float = Field(0.005, ge=-1, le=1, description="INT8 may lose at most this much validation accuracy "
+                                                          "(< 0 always runs the layer scan) ...")
+    max_float_layers: Int = Field(4, ge=0, description="... else up to this many most sensitive layers stay float")
+    sensitivity_images: Int = Field(64, ge=1)
+    seed: Int = 42
+    trt_cache_version: Str = Field("8.5.2", description="TensorRT version in the legacy calibration cache header")
+
+
+class EngineConfig(Section):
+    workspace_mib: Int = Field(1024, ge=16)
+    timing_cache: Str = Field("", description="default: <run_dir>/timing.cache, reused across builds")
+    dla_core: Int = Field(-1, ge=-1, description=">= 0 builds for that DLA core (Xavier/Orin), GPU fallback on")
+    max_batch: Int = Field(1, ge=1, description="> 1 adds an optimisation profile (needs a dynamic-batch ONNX)")
+    # qdq: the Q/DQ ONNX (every TensorRT); calibration_cache: implicit INT8 from the legacy cache (8.x/10.x only).
+    int8_mode: Literal["qdq", "calibration_cache"] = "qdq"
+
+
+class RuntimeConfig(Section):
+    model: Str = Field("", description=".onnx or .engine; default <run_dir>/model.onnx")
+    providers: Tuple[Str, ...] = ("CPUExecutionProvider",)
+    threads: Int = Field(0, ge=0)
+    allow_root: Bool = Field(False, description="the daemon refuses root unless this is set deliberately")

@@ -1,0 +1,42 @@
+"""Config for what runs around the line: the audit log, metrics/health and the operator page."""
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, field_validator
+
+from edge.config.base import Float, Int, Section, Str
+
+
+class AuditConfig(Section):
+    db: Str = Field("", description="default <run_dir>/audit.db")
+    captures_dir: Str = Field("", description="default <run_dir>/captures")
+    captures_quota_mb: Float = Field(500.0, ge=0)
+    sample_rate: Float = Field(0.02, ge=0, le=1, description="share of confident items also saved, for spot checks")
+    max_db_mb: Float = Field(200.0, gt=0)
+    max_age_days: Float = Field(90.0, gt=0)
+
+
+class _Listener(Section):
+    bind: Str = Field("127.0.0.1", description="loopback by default: expose deliberately")
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, bind: str) -> str:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise ValueError(f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {bind!r}") from None
+        return bind
+
+
+class ObservabilityConfig(_Listener):
+    port: Int = Field(9108, ge=0, le=65535, description="0 disables the HTTP endpoint")
+
+
+class WebConfig(_Listener):
+    port: Int = Field(8080, ge=0, le=65535, description="0 disables the operator page")
+    token_file: Str = Field("", description="file holding the token every control action must carry")
+    review_dir: Str = Field("", description="relabelled captures go to <review_dir>/<class>/ "
+                                            "(default <run_dir>/review)")
+    preview_fps: Float = Field(5.0, gt=0, le=30, description="the live view drops frames, sorting never waits for it")

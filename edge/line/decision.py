@@ -1,0 +1,61 @@
+"""Class + confidence -> bin, with the operator's overrides."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from edge.config import Config
+from edge.vision.scoring import softmax
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str
+    confidence: float
+    top: List[dict]
+    bin: Optional[str]       # None: no ejection (sorting paused)
+    reason: str              # class | low_confidence | forced | paused
+
+
+class Controls:
+    """Operator overrides, safe to change from another thread (web view, signals)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.paused = False
+        self.forced_bin: Optional[str] = None
+
+    def pause(self, paused: bool = True) -> None:
+        with self._lock:
+            self.paused = paused
+
+    def force(self, bin_name: Optional[str]) -> None:
+        with self._lock:
+            self.forced_bin = bin_name
+
+    def state(self):
+        with self._lock:
+            return self.paused, self.forced_bin
+
+
+class Decider:
+    def __init__(self, config: Config, classes: Sequence[str], controls: Controls):
+        self.config, self.classes, self.controls = config, list(classes), controls
+        self.bins = sorted({config.decision.bin_of(c) for c in classes} | {config.decision.reject_bin})
+
+    def decide(self, logits: np.ndarray) -> Decision:
+        probs = softmax(logits.astype(np.float64))
+        order = np.argsort(-probs)[:3]
+        label, confidence = self.classes[order[0]], float(probs[order[0]])
+        top = [{"class": self.classes[i], "confidence": float(probs[i])} for i in order]
+        paused, forced = self.controls.state()
+        if paused:
+            return Decision(label, confidence, top, None, "paused")
+        if forced is not None:
+            return Decision(label, confidence, top, forced, "forced")
+        if confidence < self.config.decision.threshold:
+            return Decision(label, confidence, top, self.config.decision.reject_bin, "low_confidence")
+        return Decision(label, confidence, top, self.config.decision.bin_of(label), "class")

@@ -1,0 +1,159 @@
+"""A simulated conveyor: real item photos moving across a belt, with the truth known.
+
+Renders camera frames in real time from a class-folder tree (TrashNet), moves them at a
+constant or swinging speed (read through a simulated encoder), offers a photo-eye input,
+and knows for every item its label, where it was at any time and when its centre passes
+each ejector, so the whole loop can be checked against the truth. For the demo and tests.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import cv2
+import numpy as np
+
+from edge.config import Config
+from edge.errors import ConfigError
+from edge.vision.images import IMAGE_SUFFIXES, read_image
+from edge.line.sources import EndOfStream, Frame, Source
+
+BELT_GREY = 70
+
+
+@dataclass
+class SimItem:
+    index: int
+    label: str
+    path: str
+    image: np.ndarray    # scaled to its size on the belt
+    s_mm: float          # belt coordinate: world x of the centre = belt_position - s_mm
+
+
+class BeltMotion:
+    """Belt position (mm) over time: v0 (1 + a sin(2 pi t / T)), integrated exactly."""
+
+    def __init__(self, speed: float, variation: float, period: float):
+        self.v0, self.a, self.T = speed, variation, period
+
+    def position(self, t: float) -> float:
+        if not self.a:
+            return self.v0 * t
+        return self.v0 * t + self.v0 * self.a * self.T / (2 * math.pi) * (1 - math.cos(2 * math.pi * t / self.T))
+
+    def time_at(self, position: float) -> float:
+        low, high = 0.0, max(1.0, position / (self.v0 * (1 - abs(self.a))) + 1.0)
+        for _ in range(60):  # monotonic (|a| < 1): bisection to well below a microsecond
+            mid = (low + high) / 2
+            low, high = (mid, high) if self.position(mid) < position else (low, mid)
+        return (low + high) / 2
+
+
+class SimulatedConveyor(Source):
+    def __init__(self, config: Config, items: Optional[List[tuple]] = None):
+        sim, self.config = config.simulator, config
+        self.width, self.height = config.source.width, config.source.height
+        self.mm_per_px, self.fps = config.line.mm_per_px, config.source.fps
+        self.motion = BeltMotion(config.line.belt_speed_mm_s, sim.speed_variation, sim.speed_period_s)
+        self.rng = np.random.default_rng(sim.seed)
+        self.items = self._place(items if items is not None else sample_items(config), sim)
+        last_ejector = max((e.position_mm for e in config.decision.ejectors), default=0.0)
+        self.end_position = self.items[-1].s_mm + last_ejector + sim.item_length_mm if self.items else 0.0
+        self.background = np.full((self.height, self.width, 3), BELT_GREY, np.uint8)
+        self.t0: Optional[float] = None
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def _place(self, items: List[tuple], sim) -> List[SimItem]:
+        length_px = int(sim.item_length_mm / self.mm_per_px)
+        placed = []
+        start = self.width / 2 * self.mm_per_px + sim.item_length_mm  # first item just upstream of view
+        for i, (label, path) in enumerate(items):
+            photo = read_image(path)
+            height_px = min(int(length_px * photo.shape[0] / photo.shape[1]), self.height - 8)
+            image = cv2.resize(photo, (length_px, height_px), interpolation=cv2.INTER_AREA)
+            placed.append(SimItem(i, label, str(path), image, start + i * sim.spacing_mm))
+        return placed
+
+    # -- time and position -------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self.t0 is None:
+                self.t0 = time.monotonic()
+
+    def belt_mm(self, now: Optional[float] = None) -> float:
+        self.start()
+        return self.motion.position((now if now is not None else time.monotonic()) - self.t0)
+
+    def encoder_count(self) -> int:
+        return int(self.belt_mm() / self.config.line.mm_per_count)
+
+    def world_x(self, item: SimItem, now: float) -> float:
+        return self.belt_mm(now) - item.s_mm
+
+    def photo_eye(self) -> bool:
+        """True while an item covers the beam at trigger.photo_eye_position_mm."""
+        now, eye, half = time.monotonic(), self.config.trigger.photo_eye_position_mm, self.config.simulator.item_length_mm / 2
+        return any(abs(self.world_x(item, now) - eye) <= half for item in self.items)
+
+    def truth_time(self, item: SimItem, position_mm: float) -> float:
+        """Monotonic time at which the item's centre passes world position `position_mm`."""
+        self.start()
+        return self.t0 + self.motion.time_at(position_mm + item.s_mm)
+
+    def item_at(self, t: float, x_mm: float, tolerance_mm: float = 40.0) -> Optional[SimItem]:
+        best = min(self.items, key=lambda item: abs(self.world_x(item, t) - x_mm), default=None)
+        return best if best is not None and abs(self.world_x(best, t) - x_mm) <= tolerance_mm else None
+
+    def finished(self) -> bool:
+        return self.belt_mm() > self.end_position
+
+    # -- Source ----------------------------------------------------------------------------
+    def read(self) -> Optional[Frame]:
+        self.start()
+        if self.finished():
+            raise EndOfStream("simulation finished")
+        self.seq += 1
+        target = self.t0 + self.seq / self.fps
+        time.sleep(max(0.0, target - time.monotonic()))
+        now = time.monotonic()
+        frame = self.render(now)
+        return Frame(frame, now, self.seq, encoder=int(self.belt_mm(now) / self.config.line.mm_per_count))
+
+    def render(self, now: float) -> np.ndarray:
+        frame = self.background.copy()
+        frame += self.rng.integers(0, 6, frame.shape, dtype=np.uint8)  # sensor noise: no two frames alike
+        for item in self.items:
+            h, w = item.image.shape[:2]
+            left = int(round(self.width / 2 + self.world_x(item, now) / self.mm_per_px - w / 2))
+            top = (self.height - h) // 2
+            x0, x1 = max(left, 0), min(left + w, self.width)
+            if x0 < x1:
+                frame[top:top + h, x0:x1] = item.image[:, x0 - left:x1 - left]
+        return frame
+
+
+def sample_items(config: Config) -> List[tuple]:
+    """(label, path) for the simulation: the run's test split when a manifest exists (images
+    the model never trained on), else a seeded sample of the dataset folder."""
+    sim = config.simulator
+    manifest = config.run_path / "manifest.json"
+    rng = random.Random(sim.seed)
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        pool = [(i["label"], Path(data["data_root"]) / i["path"]) for i in data["items"] if i["split"] == sim.split]
+    else:
+        root = Path(sim.dataset)
+        if not root.is_dir():
+            raise ConfigError(f"simulator.dataset: {root} does not exist (a class-folder tree of item photos)")
+        pool = [(label, p) for label in config.classes for p in sorted((root / label).glob("*"))
+                if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not pool:
+        raise ConfigError("simulator: no item images found (check simulator.dataset / the manifest's split)")
+    return [pool[i] for i in rng.sample(range(len(pool)), min(sim.items, len(pool)))]

@@ -1,0 +1,59 @@
+"""Actuators: what turns a decision into air. One small interface, one factory.
+
+Every driver caps pulse length itself (a lost "off" must never leave a valve open) and
+drives every output off on `all_off()`, which the daemon calls at start, on shutdown and
+on any fault. Drivers are registered by config `type` in ACTUATORS.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import List, Sequence
+
+from edge.config import ActuatorConfig
+
+# config `type` -> driver class; each imported only when configured (pymodbus, paho, gpiod are optional).
+ACTUATORS = {"simulated": "edge.plant.simulated:SimulatedActuator", "gpio": "edge.plant.gpio:GpioActuator",
+             "modbus": "edge.plant.modbus:ModbusActuator", "mqtt": "edge.plant.mqtt:MqttActuator"}
+
+
+class Actuator(ABC):
+    name = "actuator"
+
+    def __init__(self, max_pulse_s: float):
+        self.max_pulse_s = max_pulse_s
+
+    @abstractmethod
+    def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
+        """Drive `output` on for min(width_s, cap); return the monotonic time it went on."""
+
+    @abstractmethod
+    def all_off(self) -> None:
+        """Every output off. Idempotent; must work after any failure."""
+
+    def healthy(self) -> bool:
+        return True
+
+    def decision(self, row: dict) -> None:
+        """Told of every decision (telemetry drivers publish it); pulses come separately."""
+
+    def close(self) -> None:
+        self.all_off()
+
+
+def open_actuators(configs: Sequence[ActuatorConfig], max_pulse_s: float) -> List[Actuator]:
+    """Every configured driver; if one fails to open, the ones already open are switched off."""
+    opened: List[Actuator] = []
+    try:
+        for cfg in configs:
+            opened.append(_open(cfg, max_pulse_s))
+    except Exception:
+        for actuator in opened:
+            actuator.close()
+        raise
+    return opened
+
+
+def _open(cfg: ActuatorConfig, max_pulse_s: float) -> Actuator:
+    module, name = ACTUATORS[cfg.type].split(":")
+    return getattr(importlib.import_module(module), name)(cfg, max_pulse_s)

@@ -1,0 +1,131 @@
+"""Modbus TCP to a PLC (pymodbus): a coil per ejector, heartbeat and status registers.
+
+Registers from `register_base`: +0 heartbeat (toggles every heartbeat_s; set the PLC's
+watchdog to drop every output when it stops), +1 status bits (1 online, 2 ready, 4 fault),
++2 last item id (low 16 bits), +3 last bin output. Coils outside
+[coil_base, coil_base + coil_count) are never written. Every request has a timeout; a lost
+link marks the driver unhealthy, the daemon's health goes not-ready, and reconnection
+backs off exponentially. Pulses are never queued here: one that cannot be sent is
+dropped, so nothing is replayed after a reconnect. Modbus has no authentication: keep the
+PLC network isolated.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from edge.plant.base import Actuator
+from edge.config import ModbusActuatorConfig
+from edge.deps import require
+
+log = logging.getLogger(__name__)
+ONLINE, READY, FAULT = 1, 2, 4
+
+
+class ModbusActuator(Actuator):
+    name = "modbus"
+
+    def __init__(self, cfg: ModbusActuatorConfig, max_pulse_s: float):
+        super().__init__(max_pulse_s)
+        ModbusTcpClient = require("pymodbus.client", "plant").ModbusTcpClient
+        self.cfg = cfg
+        self.client = ModbusTcpClient(cfg.host, port=cfg.port or 502, timeout=cfg.timeout_s, retries=cfg.retries,
+                                      reconnect_delay=0, reconnect_delay_max=0)
+        self._lock = threading.RLock()   # one request at a time on the socket
+        self._online = False
+        self._backoff, self._next_attempt = 0.5, 0.0
+        self._beat = 0
+        self.reconnects = self.failures = 0
+        self._stop = threading.Event()
+        self._connect()
+        self._thread = threading.Thread(target=self._heartbeat, name="modbus-heartbeat", daemon=True)
+        self._thread.start()
+
+    # -- link ----------------------------------------------------------------------------
+    def _connect(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return False
+        with self._lock:
+            if self.client.connect():
+                was_offline = not self._online
+                self._online, self._backoff = True, 0.5
+                if was_offline:
+                    self.reconnects += 1
+                    self._write_coils_off()  # a clean start: nothing left on from before
+                    log.info("modbus: connected to %s:%s", self.cfg.host, self.cfg.port or 502)
+                return True
+        self._next_attempt = now + self._backoff
+        self._backoff = min(self._backoff * 2, 8.0)
+        return False
+
+    def _lost(self, exc: Exception) -> None:
+        if self._online:
+            log.error("modbus: link to %s lost (%s); outputs are the PLC watchdog's now", self.cfg.host, exc)
+        self._online = False
+        self.failures += 1
+        self.client.close()
+
+    def _request(self, call, *args, **kwargs) -> bool:
+        """One request with the configured timeout; False (and link down) on any failure."""
+        if not self._online and not self._connect():
+            return False
+        try:
+            with self._lock:
+                response = call(*args, device_id=self.cfg.unit_id, **kwargs)
+            if response.isError():
+                raise IOError(str(response))
+            return True
+        except Exception as exc:  # pymodbus raises ConnectionException, ModbusIOException, ...
+            self._lost(exc)
+            return False
+
+    def healthy(self) -> bool:
+        return self._online
+
+    # -- outputs -------------------------------------------------------------------------
+    def _coil(self, output: int) -> int:
+        if not 0 <= output < self.cfg.coil_count:
+            raise ValueError(f"output {output} is outside the configured coils (0..{self.cfg.coil_count - 1})")
+        return self.cfg.coil_base + output
+
+    def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
+        coil = self._coil(output)
+        width = min(width_s, self.max_pulse_s)
+        started = time.monotonic()
+        if not self._request(self.client.write_coil, coil, True):
+            raise IOError(f"modbus: pulse on coil {coil} for item {item_id} not sent (link down)")
+        threading.Timer(width, self._request, args=(self.client.write_coil, coil, False)).start()
+        self._request(self.client.write_registers, self.cfg.register_base + 2,
+                      [int(item_id) & 0xFFFF if item_id.isdigit() else 0, output])
+        return started
+
+    def _write_coils_off(self) -> bool:
+        try:
+            response = self.client.write_coils(self.cfg.coil_base, [False] * self.cfg.coil_count,
+                                               device_id=self.cfg.unit_id)
+            return not response.isError()
+        except Exception as exc:
+            self._lost(exc)
+            return False
+
+    def all_off(self) -> None:
+        if self._online or self._connect():
+            with self._lock:
+                self._write_coils_off()
+
+    # -- heartbeat -----------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.cfg.heartbeat_s):
+            self._beat ^= 1
+            status = ONLINE | READY
+            self._request(self.client.write_registers, self.cfg.register_base, [self._beat, status])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.all_off()
+        if self._online:
+            self._request(self.client.write_registers, self.cfg.register_base + 1, [0])  # not ready
+        self.client.close()

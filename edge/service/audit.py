@@ -1,0 +1,176 @@
+"""Audit trail: every decision in SQLite (WAL), low-confidence items saved for re-labelling.
+
+A writer thread owns the database so the sorting loop never waits on the disk. Each batch
+is one transaction with synchronous=FULL: after a crash every committed decision is there
+and the file passes integrity_check; at most the decisions of the last fraction of a
+second (not yet committed) are lost. Captures are JPEGs written atomically (temp file,
+fsync, rename) under a disk quota; a full disk stops capturing, never sorting.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from edge.config import AuditConfig
+from edge.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    t_wall REAL NOT NULL,
+    class TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    top3 TEXT NOT NULL,
+    bin TEXT,
+    reason TEXT NOT NULL,
+    x_mm REAL,
+    belt_mm REAL,
+    eject_target_mm REAL,
+    latency_ms TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    capture TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (t_wall);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    t_wall REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False)
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective on a new file: rotation can shrink it
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(SCHEMA)
+    return db
+
+
+class CaptureStore:
+    """JPEGs for re-labelling, in <dir>/<class>/, oldest deleted beyond the quota."""
+
+    def __init__(self, folder: Path, quota_mb: float):
+        self.folder, self.quota = folder, int(quota_mb * 1024 * 1024)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.disabled_reason: Optional[str] = None
+        self.used = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
+
+    def save(self, image: np.ndarray, label: str, item_id: str) -> Optional[str]:
+        if self.disabled_reason:
+            return None
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            return None
+        target = self.folder / label / f"{time.strftime('%Y%m%d-%H%M%S')}-{item_id}.jpg"
+        try:
+            self._make_room(len(data))
+            atomic_write(target, data.tobytes())
+        except OSError as exc:  # disk full or read-only: keep sorting, stop capturing, raise the alarm
+            self.disabled_reason = f"captures stopped: {exc.strerror or exc}"
+            log.error("%s (%s)", self.disabled_reason, target)
+            return None
+        self.used += len(data)
+        return str(target.relative_to(self.folder))
+
+    def _make_room(self, size: int) -> None:
+        if self.used + size <= self.quota:
+            return
+        for old in sorted(self.folder.rglob("*.jpg"), key=lambda p: p.stat().st_mtime):
+            self.used -= old.stat().st_size
+            old.unlink()
+            if self.used + size <= self.quota:
+                return
+
+
+class AuditLog(threading.Thread):
+    def __init__(self, cfg: AuditConfig, run_dir: Path, model_sha256: str):
+        super().__init__(name="audit", daemon=True)
+        self.cfg, self.model_sha256 = cfg, model_sha256
+        self.path = Path(cfg.db) if cfg.db else run_dir / "audit.db"
+        self.db = connect(self.path)
+        self.captures = CaptureStore(Path(cfg.captures_dir) if cfg.captures_dir else run_dir / "captures",
+                                     cfg.captures_quota_mb)
+        self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=10000)
+        self.committed = 0
+        self.rotate()
+
+    def record(self, row: Dict, crop: Optional[np.ndarray], low_confidence: bool) -> None:
+        """Queue a decision; its crop is saved when low-confidence or sampled."""
+        keep = low_confidence or random.random() < self.cfg.sample_rate
+        try:
+            self._queue.put_nowait(("decision", row, crop if keep else None))
+        except queue.Full:
+            log.error("audit queue full: decision for item %s not logged", row["item_id"])
+
+    def event(self, kind: str, detail: Dict) -> None:
+        self._queue.put(("event", {"kind": kind, "detail": json.dumps(detail)}, None))
+
+    def run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(entry is None for entry in batch)
+            self._write([entry for entry in batch if entry is not None])
+            if stop:
+                return
+
+    def _write(self, batch: List[tuple]) -> None:
+        if not batch:
+            return
+        now = time.time()
+        with self.db:  # one transaction per batch
+            for kind, row, crop in batch:
+                if kind == "event":
+                    self.db.execute("INSERT INTO events (t_wall, kind, detail) VALUES (?, ?, ?)",
+                                    (now, row["kind"], row["detail"]))
+                    continue
+                capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
+                self.db.execute(
+                    "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, belt_mm,"
+                    " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (row["item_id"], row["t_wall"], row["class"], row["confidence"], json.dumps(row["top3"]),
+                     row["bin"], row["reason"], row["x_mm"], row["belt_mm"], row.get("eject_target_mm"),
+                     json.dumps(row["latency_ms"]), self.model_sha256, capture))
+        self.committed += sum(1 for kind, _, _ in batch if kind == "decision")
+        if self.committed % 1000 < len(batch):
+            self.rotate()
+
+    def rotate(self) -> None:
+        """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
+        with self.db:
+            self.db.execute("DELETE FROM decisions WHERE t_wall < ?", (time.time() - self.cfg.max_age_days * 86400,))
+        while self.path.stat().st_size > self.cfg.max_db_mb * 1024 * 1024:
+            with self.db:
+                deleted = self.db.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
+                                          "ORDER BY id LIMIT 1000)").rowcount
+            self.db.execute("PRAGMA incremental_vacuum")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not deleted:
+                break
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self.join(timeout=10)
+        self.db.close()

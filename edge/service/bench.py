@@ -1,0 +1,222 @@
+"""`scrapsort bench`: batch-1 latency and accuracy of every backend x precision on this
+machine, plus the daemon's per-stage latency on the simulated conveyor.
+
+Each model is measured in a fresh subprocess so its peak memory is its own. Results go to
+<run_dir>/bench/bench.json (with a description of the machine), bench.md and bench.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from edge.config import Config
+from edge.stats import percentiles
+
+CANDIDATES = [  # (label, backend, precision, file in the run dir)
+    ("PyTorch eager", "torch", "fp32", "best.pt"),
+    ("ONNX Runtime", "onnxruntime", "fp32", "model.onnx"),
+    ("ONNX Runtime", "onnxruntime", "fp16", "model_fp16.onnx"),
+    ("ONNX Runtime", "onnxruntime", "int8", "model_int8.onnx"),
+    ("ONNX Runtime", "onnxruntime", "int8-cpu", "model_int8_cpu.onnx"),
+    ("TensorRT", "tensorrt", "fp32", "model_fp32.engine"),
+    ("TensorRT", "tensorrt", "fp16", "model_fp16.engine"),
+    ("TensorRT", "tensorrt", "int8", "model_int8.engine"),
+]
+
+
+def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optional[str], run_dir: str) -> Dict:
+    """Runs inside the child process: load, warm up, time `infer()`, optionally score a split."""
+    import cv2
+
+    from edge.vision.backends import open_backend
+    from edge.vision.preprocess import Preprocessor
+
+    started = time.perf_counter()
+    backend = open_backend(path)
+    load_s = time.perf_counter() - started
+    pre = Preprocessor(backend.info.preprocess)
+    image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
+    pre(cv2.GaussianBlur(image, (9, 9), 3), backend.input)
+    for _ in range(warmup):
+        backend.infer()
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        backend.infer()
+        times.append(time.perf_counter() - t0)
+    result = {"load_s": load_s, "latency_ms": percentiles(times), "throughput_fps": 1.0 / float(np.mean(times)),
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    backend.close()
+    if accuracy_split:
+        result.update(_accuracy(path, run_dir, accuracy_split))
+    return result
+
+
+def _accuracy(path: str, run_dir: str, split: str) -> Dict:
+    from edge.vision.dataset import MANIFEST_NAME, Manifest, predict_split
+
+    manifest_path = Path(run_dir) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return {}
+    logits, labels, _ = predict_split(Path(path), Manifest.load(manifest_path), split)
+    return {"accuracy": float(np.mean(logits.argmax(1) == np.asarray(labels))), "accuracy_n": len(labels)}
+
+
+def machine() -> Dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
+            "cores": os.cpu_count()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+    for module in ("onnxruntime", "torch", "tensorrt", "cv2", "numpy"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:
+            info[module] = None
+    info["gpu"] = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+    info["power_mode"] = _run(["nvpmodel", "-q"])
+    model_file = Path("/proc/device-tree/model")
+    if model_file.is_file():
+        info["board"] = model_file.read_text().strip("\x00\n")
+    return info
+
+
+def _run(command: List[str]) -> Optional[str]:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: bool = True,
+          daemon_items: int = 20) -> Dict:
+    run_dir = config.run_path
+    out_dir = run_dir / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, backend, precision, name in CANDIDATES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        print(f"measuring {label} {precision} ({path}) ...", flush=True)
+        result = _child(path, iterations, warmup, "test" if accuracy else None, run_dir)
+        rows.append({"backend": label, "precision": precision, "model": str(path), **result})
+    result = {"machine": machine(), "iterations": iterations, "warmup": warmup, "models": rows,
+              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if daemon_items:
+        result["daemon"] = _daemon_latency(config, daemon_items)
+    _speedups(result)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "bench.md").write_text(markdown(result))
+    _plot(result, out_dir / "bench.png")
+    return result
+
+
+def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path) -> Dict:
+    code = ("import json, sys; from edge.service.bench import measure_model; "
+            "print(json.dumps(measure_model(*json.loads(sys.argv[1]))))")
+    args = json.dumps([str(path), iterations, warmup, split, str(run_dir)])
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _daemon_latency(config: Config, items: int) -> Dict:
+    """The whole loop on the simulated conveyor: per-stage latency and ejection timing."""
+    from edge.service.sorter import Sorter
+    from edge.service.report import summarize
+    from edge.line.simulator import SimulatedConveyor
+
+    sim_cfg = config.simulator.replace(items=items, processing_jitter_ms=())
+    # Only the audit log and captures go elsewhere (never into the line's own); the run dir
+    # stays, so the run's model and its test split are what the belt uses, as on the demo line.
+    scratch = config.run_path / "bench" / "line"
+    audit = config.audit.replace(db=str(scratch / "audit.db"), captures_dir=str(scratch / "captures"))
+    line = config.replace(source=config.source.replace(uri="sim://"), simulator=sim_cfg,
+                          observability=config.observability.replace(port=0), audit=audit)
+    simulator = SimulatedConveyor(line)
+    sorter = Sorter(line, simulator=simulator).run_to_end()
+    summary = summarize(sorter, simulator)
+    stages = summary["latency_ms"]
+    return {"model": summary["model"], "items": summary["items_on_belt"], "accuracy": summary["accuracy"],
+            "latency_ms": stages, "ejection_error_ms": summary["ejection_error_ms"],
+            "overhead_ms_p50": stages["capture_to_decision"]["p50"] - stages["inference"]["p50"]}
+
+
+def _speedups(result: Dict) -> None:
+    p50 = {(r["backend"], r["precision"]): r["latency_ms"]["p50"] for r in result["models"] if "latency_ms" in r}
+    for row in result["models"]:
+        if "latency_ms" not in row:
+            continue
+        for base, key in ((("PyTorch eager", "fp32"), "speedup_vs_torch"), (("ONNX Runtime", "fp32"), "speedup_vs_ort_fp32")):
+            if base in p50:
+                row[key] = p50[base] / row["latency_ms"]["p50"]
+
+
+def markdown(result: Dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}, "
+             f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
+             f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
+             f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, {result['when']}.", "",
+             "| backend | precision | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
+             "x vs PyTorch | x vs ORT FP32 | test accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['precision']} | failed: {r['error']} |||||||||")
+            continue
+        lat = r["latency_ms"]
+        acc = f"{r['accuracy'] * 100:.2f}% (n={r['accuracy_n']})" if "accuracy" in r else "-"
+        lines.append(f"| {r['backend']} | {r['precision']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
+                     f"{lat['max']:.2f} | {r['throughput_fps']:.1f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r.get('speedup_vs_torch', float('nan')):.2f} | {r.get('speedup_vs_ort_fp32', float('nan')):.2f} | {acc} |")
+    if "daemon" in result:
+        d = result["daemon"]
+        lines += ["", f"Daemon on the simulated conveyor ({d['items']} items, {Path(d['model']).name}): "
+                      f"accuracy vs known labels {d['accuracy'] * 100:.1f}%, overhead over bare inference "
+                      f"(p50 capture->decision minus p50 inference) {d['overhead_ms_p50']:.2f} ms, ejection "
+                      f"timing error |p99| {d['ejection_error_ms']['p99_abs']:.2f} ms, |max| "
+                      f"{d['ejection_error_ms']['max_abs']:.2f} ms.", "",
+                  "| stage | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
+        for stage, p in d["latency_ms"].items():
+            if p:
+                lines.append(f"| {stage} | {p['p50']:.2f} | {p['p90']:.2f} | {p['p99']:.2f} | {p['max']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: Dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # a Jetson without matplotlib still gets JSON and markdown
+    rows = [r for r in result["models"] if "latency_ms" in r]
+    if not rows:
+        return
+    names = [f"{r['backend']}\n{r['precision']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4.5))
+    ax.bar(x - 0.2, [r["latency_ms"]["p50"] for r in rows], 0.4, label="p50")
+    ax.bar(x + 0.2, [r["latency_ms"]["p99"] for r in rows], 0.4, label="p99")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("batch-1 latency (ms)")
+    ax.set_title(f"Inference latency on {result['machine'].get('cpu')}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

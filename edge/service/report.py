@@ -1,0 +1,78 @@
+"""Run summary; on the simulated conveyor, checked against the known truth of every item."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict
+
+import numpy as np
+
+from edge.service.sorter import Sorter
+from edge.service.telemetry import STAGES
+from edge.stats import percentiles
+
+
+def summarize(sorter: Sorter, simulator=None) -> Dict:
+    summary = {
+        "decisions": len(sorter.decisions),
+        "rejects": sum(1 for d in sorter.decisions if d["reason"] == "low_confidence"),
+        "pulses": len(sorter.scheduler.fired),
+        "stale_skipped": sorter.counts["stale"], "dropped": sorter.counts["dropped"],
+        "late_not_fired": sorter.counts["late"] + sorter.scheduler.dropped_late,
+        "frames": sorter.capture.frames,
+        "latency_ms": {stage: percentiles(sorter.latency[stage]) for stage in STAGES},
+        "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
+    }
+    if simulator is not None:
+        summary.update(_against_truth(sorter, simulator))
+    return summary
+
+
+def _against_truth(sorter: Sorter, sim) -> Dict:
+    by_id, truth_of = {}, {}
+    for d in sorter.decisions:
+        by_id[d["item_id"]] = d
+        truth_of[d["item_id"]] = sim.item_at(d["t_capture"], d["x_mm"])
+    matched = [i for i in truth_of.values() if i is not None]
+    per_item = Counter(item.index for item in matched)
+    correct = sum(1 for item_id, item in truth_of.items() if item and by_id[item_id]["class"] == item.label)
+    positions = {e.output: e.position_mm for e in sorter.config.decision.ejectors}
+    errors, wrong_bin = [], 0
+    for fired in sorter.scheduler.fired:
+        item = truth_of.get(fired.item_id)
+        if item is None:
+            continue
+        errors.append(fired.t_fired - sim.truth_time(item, positions[fired.output]))
+        ejector = sorter.ejectors.get(by_id[fired.item_id]["bin"])
+        wrong_bin += ejector is None or ejector.output != fired.output
+    abs_ms = np.abs(np.asarray(errors)) * 1000 if errors else np.zeros(0)
+    return {
+        "items_on_belt": len(sim.items),
+        "items_decided": len(per_item),
+        "items_decided_more_than_once": sum(1 for n in per_item.values() if n > 1),
+        "decisions_without_item": len(truth_of) - len(matched),
+        "accuracy": correct / len(matched) if matched else 0.0,
+        "pulses_to_wrong_output": wrong_bin,
+        "ejection_error_ms": {"mean": float(np.mean(np.asarray(errors) * 1000)) if errors else 0.0,
+                              "p50_abs": float(np.percentile(abs_ms, 50)) if errors else 0.0,
+                              "p99_abs": float(np.percentile(abs_ms, 99)) if errors else 0.0,
+                              "max_abs": float(abs_ms.max()) if errors else 0.0, "n": len(errors)},
+    }
+
+
+def format_summary(s: Dict) -> str:
+    lines = [f"model {s['model']} ({s['backend']}, {s['precision']})",
+             f"frames {s['frames']}, decisions {s['decisions']}, rejects (low confidence) {s['rejects']}, "
+             f"pulses {s['pulses']}, stale skipped {s['stale_skipped']}, dropped {s['dropped']}, "
+             f"too late (not fired) {s['late_not_fired']}"]
+    if "items_on_belt" in s:
+        e = s["ejection_error_ms"]
+        lines.append(f"items on belt {s['items_on_belt']}, decided {s['items_decided']} "
+                     f"(more than once: {s['items_decided_more_than_once']}), accuracy vs known labels "
+                     f"{s['accuracy'] * 100:.1f}%")
+        lines.append(f"ejection timing error: mean {e['mean']:+.2f} ms, |p50| {e['p50_abs']:.2f} ms, "
+                     f"|p99| {e['p99_abs']:.2f} ms, |max| {e['max_abs']:.2f} ms over {e['n']} pulses")
+    lines.append("stage latency (ms):     p50      p90      p99      max")
+    for stage, p in s["latency_ms"].items():
+        if p:
+            lines.append(f"  {stage:<20}{p['p50']:>7.2f}  {p['p90']:>7.2f}  {p['p99']:>7.2f}  {p['max']:>7.2f}")
+    return "\n".join(lines)

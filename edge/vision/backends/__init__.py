@@ -1,0 +1,32 @@
+"""One door for every model file: the backend follows from the file type (or is forced)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from edge.vision.backends.base import Backend, ModelInfo
+from edge.deps import require
+from edge.errors import ModelError
+
+SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".ts": "torch"}
+
+
+def open_backend(path, kind: Optional[str] = None, **options) -> Backend:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found (train and export one, or fix the path)")
+    kind = kind or SUFFIXES.get(path.suffix.lower())
+    if kind == "onnxruntime":
+        from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, **options)
+    if kind == "tensorrt":
+        from jetson.engine import TensorRTBackend
+
+        return TensorRTBackend(path, **options)
+    if kind == "torch":
+        return require("train.torch_backend", "train").TorchBackend(path)
+    raise ModelError(f"{path}: unknown model type '{path.suffix}' (use .onnx, .engine/.plan, .pt or .ts)")
+
+
+__all__ = ["Backend", "ModelInfo", "open_backend"]

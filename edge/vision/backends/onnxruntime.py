@@ -1,0 +1,105 @@
+"""ONNX Runtime backend (CPU or CUDA) with IO binding onto preallocated numpy buffers."""
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from edge.vision.backends.base import Backend, ModelInfo
+from edge.deps import require
+from edge.errors import ModelError
+
+log = logging.getLogger(__name__)
+# model_int8.onnx carries TensorRT's form (signed, symmetric INT8 activations);
+# model_int8_cpu.onnx ("int8-cpu") is quantized for ONNX Runtime's x86 kernels.
+TENSORRT_INT8 = "int8"
+_warned_unfused = set()  # one warning per model file, not one per session (calibration opens many)
+
+
+def int8_kernels_saturate(machine: Optional[str] = None, cpu_flags: Optional[set] = None) -> bool:
+    """True on x86 CPUs without VNNI: there ONNX Runtime's fused INT8 kernels multiply with
+    VPMADDUBSW, whose 16-bit pair sums saturate for full-range 8-bit weights, and a
+    compact network's accuracy collapses (OpenVINO documents the same for its kernels)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+@functools.lru_cache(maxsize=1)  # read once per process: calibration opens dozens of INT8 models
+def _cpu_flags() -> frozenset:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()  # unknown: assume the worst
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0):
+        ort = require("onnxruntime", "ort")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        available = ort.get_available_providers()
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        self.session = self._open(ort, path, options, chosen)
+        self.info = ModelInfo.from_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        self.unfused_int8 = self.info.precision == TENSORRT_INT8 and chosen[0] == "CPUExecutionProvider" \
+            and int8_kernels_saturate()
+        if self.unfused_int8:
+            self.session = self._open_unfused(ort, path, options, chosen)
+        self.providers = self.session.get_providers()
+        self._check_io(path)
+        self.input = np.zeros(self.expected_input_shape(), np.float32)
+        self.output = np.zeros((1, len(self.info.classes)), np.float32)
+        self._binding = self.session.io_binding()
+        self._binding.bind_input(self._input_name, "cpu", 0, np.float32, self.input.shape, self.input.ctypes.data)
+        self._binding.bind_output(self._output_name, "cpu", 0, np.float32, self.output.shape, self.output.ctypes.data)
+
+    @staticmethod
+    def _open(ort, path: Path, options, providers):
+        try:
+            return ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
+
+    def _open_unfused(self, ort, path: Path, options, providers):
+        """Exact Q/DQ arithmetic (what TensorRT computes), without the saturating fused kernels."""
+        if str(path) not in _warned_unfused:
+            _warned_unfused.add(str(path))
+            log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
+                        "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        return self._open(ort, path, options, providers)
+
+    def _check_io(self, path: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+        spec, out = inputs[0], outputs[0]
+        expected = self.expected_input_shape()
+        shape_ok = len(spec.shape) == 4 and all(not isinstance(d, int) or d == e for d, e in zip(spec.shape, expected))
+        if spec.type != "tensor(float)" or not shape_ok:
+            raise ModelError(f"{path}: input '{spec.name}' is {spec.type} {spec.shape}, but the metadata says "
+                             f"float32 {list(expected)}; re-export the model")
+        if out.shape[-1] not in (len(self.info.classes), None) and isinstance(out.shape[-1], int):
+            raise ModelError(f"{path}: output has {out.shape[-1]} classes, metadata lists {len(self.info.classes)}")
+        self._input_name, self._output_name = spec.name, out.name
+
+    def infer(self) -> np.ndarray:
+        self.session.run_with_iobinding(self._binding)
+        return self.output[0]
+
+    def close(self) -> None:
+        self._binding = None
+        self.session = None
