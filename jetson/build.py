@@ -6,7 +6,6 @@ Q/DQ nodes), builder flags only for the weakly typed 8.x networks.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional

@@ -5,7 +5,14 @@ light background, so a one-epoch model on 64 px inputs already separates some of
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -82,3 +89,141 @@ def trashnet() -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# -- a line on the simulated conveyor ------------------------------------------------------
+EJECTORS = [{"bin": c, "position_mm": 300 + 60 * i, "output": i} for i, c in enumerate(CLASSES)] + \
+           [{"bin": "reject", "position_mm": 700, "output": 6}]
+
+
+def line_config(tmp_path, run, **overrides):
+    """A line config written to tmp_path/line.yaml (and loaded): the simulated conveyor carrying
+    the tiny run's images, one ejector per class plus reject, HTTP off unless overridden."""
+    from edge.config import load_config
+
+    config = {
+        "classes": CLASSES, "run_dir": str(tmp_path / "line"),
+        "runtime": {"model": str(run / "model.onnx"), "allow_root": True},
+        "source": {"uri": "sim://", "width": 320, "height": 160, "fps": 40},
+        "line": {"belt_speed_mm_s": 500, "mm_per_px": 1.25},
+        "trigger": {"type": "vision", "min_gap_mm": 80},
+        "decision": {"threshold": 0.0, "ejectors": EJECTORS},
+        "observability": {"port": 0},
+        "web": {"port": 0},
+        "simulator": {"dataset": str(run.parent / "data"), "items": 8, "spacing_mm": 200, "item_length_mm": 120},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
+
+
+def simulated_sorter(config):
+    from edge.line.simulator import SimulatedConveyor
+    from edge.service.sorter import Sorter
+
+    return Sorter.from_config(config, simulator=SimulatedConveyor(config))
+
+
+def run_sim(config):
+    """The whole run on the simulated conveyor: (sorter, simulator, summary against the truth)."""
+    from edge.service.report import summarize
+
+    sorter = simulated_sorter(config)
+    sorter.run_to_end()
+    return sorter, sorter.line.simulator, summarize(sorter, sorter.line.simulator)
+
+
+@contextlib.contextmanager
+def running(sorter):
+    """Start the sorter, run its loop in a thread, and on the way out stop it and shut it down."""
+    stop = threading.Event()
+    sorter.start()
+    loop = threading.Thread(target=sorter.run, args=(stop,))
+    loop.start()
+    try:
+        yield loop
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+        sorter.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+TOKEN = "s3cret-token"
+
+
+def operator_line(tmp_path, run, **web):
+    """A simulated line with the operator page on a free port and a token file."""
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    config = line_config(tmp_path, run, simulator={"items": 12, "spacing_mm": 250},
+                         decision={"threshold": 0.99},  # a one-epoch model is unsure: items go to review
+                         web={"port": free_port(), "token_file": str(token), "preview_fps": 10, **web})
+    return simulated_sorter(config)
+
+
+# -- a real Modbus TCP server on loopback (tests/peers/plc_server.py) ------------------------
+PLC = Path(__file__).parent / "peers" / "plc_server.py"
+
+
+class PlcServer:
+    def __init__(self, tmp_path):
+        self.port, self.log, self.proc = free_port(), tmp_path / "plc.jsonl", None
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, str(PLC), str(self.port), str(self.log)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self._listening), "PLC server did not start"
+        self.started_at = time.monotonic()
+        return self
+
+    def _listening(self):
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def writes(self, since=0.0):
+        if not self.log.exists():
+            return []
+        return [w for w in map(json.loads, self.log.read_text().splitlines()) if w["t"] >= since]
+
+    def coils(self):
+        from pymodbus.client import ModbusTcpClient
+
+        client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1)
+        client.connect()
+        bits = client.read_coils(0, count=8).bits[:8]
+        client.close()
+        return bits
+
+
+@pytest.fixture
+def plc(tmp_path):
+    server = PlcServer(tmp_path).start()
+    yield server
+    if server.proc.poll() is None:
+        server.kill()

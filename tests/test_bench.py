@@ -1,7 +1,11 @@
 import json
+from pathlib import Path
+
+import pytest
 
 from edge.cli import main
-from tests.test_daemon import line_config
+from edge.service.bench import SPEED_FLAGS
+from tests.conftest import line_config
 
 
 def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path):
@@ -20,11 +24,14 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     for row in rows.values():
         assert row["latency_ms"]["n"] == 5 and row["latency_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
-    assert rows[("ONNX Runtime", "fp32")]["speedup_vs_ort_fp32"] == 1.0
+    torch_p50, ort_p50 = (rows[k]["latency_ms"]["p50"] for k in (("PyTorch eager", "fp32"), ("ONNX Runtime", "fp32")))
+    assert rows[("PyTorch eager", "fp32")]["speedup_vs_ort_fp32"] == pytest.approx(ort_p50 / torch_p50)
     assert result["daemon"]["model"] == str(out / "model.onnx")
     assert (out / "bench" / "line" / "audit.db").is_file() and not (out / "audit.db").exists()
     # the belt carries the run's test split (6 images), not the 48-image dataset folder
     assert result["daemon"]["items"] == 6 and result["daemon"]["latency_ms"]["inference"]["n"] == 6
-    assert result["machine"]["cores"] >= 1
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    assert set(result["machine"]["cpu_flags"]) == flags & SPEED_FLAGS                 # what this CPU really has
+    assert " ".join(result["machine"]["cpu_flags"]) in (out / "bench" / "bench.md").read_text()
     assert (out / "bench" / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| ONNX Runtime | fp32 |" in (out / "bench" / "bench.md").read_text()

@@ -161,10 +161,17 @@ def test_int8_saturation_rule():
     assert not int8_kernels_saturate("aarch64", set())  # Jetson's Arm cores: dot-product kernels
 
 
-@pytest.mark.parametrize("saturates", [True, False])
-def test_tensorrt_form_runs_unfused_only_where_kernels_saturate(calibrated, monkeypatch, saturates):
+@pytest.mark.parametrize("flags, unfused", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)])
+def test_tensorrt_form_runs_unfused_only_where_kernels_saturate(calibrated, monkeypatch, flags, unfused):
+    """The CPU is described by its flags (the rule itself runs); the session really is opened
+    without graph fusion where the fused INT8 kernels would saturate, and only there."""
+    import onnxruntime as ort
+
     _, run = calibrated
-    monkeypatch.setattr(ort_backend, "int8_kernels_saturate", lambda: saturates)
+    monkeypatch.setattr(ort_backend, "_cpu_flags", lambda: frozenset(flags))
     with open_backend(run / "model_int8.onnx") as int8, open_backend(run / "model_int8_cpu.onnx") as cpu:
-        assert int8.unfused_int8 is saturates
+        level = int8.session.get_session_options().graph_optimization_level
+        assert (level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC) is unfused
+        assert int8.unfused_int8 is unfused
         assert cpu.unfused_int8 is False  # the CPU form never needs it
+        assert cpu.session.get_session_options().graph_optimization_level != ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

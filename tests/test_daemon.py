@@ -3,52 +3,15 @@ import json
 import sqlite3
 
 import pytest
-import yaml
 
-from edge.config import load_config
-from edge.service.sorter import Sorter
-from edge.service.report import summarize
-from edge.line.simulator import SimulatedConveyor
-from tests.conftest import CLASSES
-
-EJECTORS = [{"bin": c, "position_mm": 300 + 60 * i, "output": i} for i, c in enumerate(CLASSES)] + \
-           [{"bin": "reject", "position_mm": 700, "output": 6}]
-
-
-def line_config(tmp_path, run, **overrides):
-    config = {
-        "classes": CLASSES, "run_dir": str(tmp_path / "line"),
-        "runtime": {"model": str(run / "model.onnx"), "allow_root": True},
-        "source": {"uri": "sim://", "width": 320, "height": 160, "fps": 40},
-        "line": {"belt_speed_mm_s": 500, "mm_per_px": 1.25},
-        "trigger": {"type": "vision", "min_gap_mm": 80},
-        "decision": {"threshold": 0.0, "ejectors": EJECTORS},
-        "observability": {"port": 0},
-        "web": {"port": 0},
-        "simulator": {"dataset": str(run.parent / "data"), "items": 8, "spacing_mm": 200, "item_length_mm": 120},
-    }
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            config.setdefault(section, {}).update(values)
-        else:
-            config[section] = values
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "line.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
-
-
-def run_sim(config):
-    sim = SimulatedConveyor(config)
-    sorter = Sorter(config, simulator=sim).run_to_end()
-    return sorter, sim, summarize(sorter, sim)
+from tests.conftest import EJECTORS, line_config, run_sim, simulated_sorter
 
 
 def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
     assert summary["items_decided"] == summary["items_on_belt"]
     assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
     assert summary["pulses_to_wrong_output"] == 0
-    ejecting = [d for d in sorter.decisions if d["bin"] in sorter.ejectors]
+    ejecting = [d for d in sorter.telemetry.recent_decisions() if d["bin"] in sorter.ejectors]
     assert summary["pulses"] == len(ejecting) > 0  # every ejecting decision fired once, nothing else
     assert summary["ejection_error_ms"]["max_abs"] <= tolerance_ms, summary["ejection_error_ms"]
 
@@ -84,7 +47,7 @@ def test_low_confidence_goes_to_reject_and_is_captured(tmp_path, trained_run):
     _, run = trained_run
     sorter, sim, summary = run_sim(line_config(tmp_path, run, decision={"threshold": 1.0}))
     assert summary["rejects"] == summary["decisions"] == summary["items_on_belt"]
-    assert {d["bin"] for d in sorter.decisions} == {"reject"}
+    assert {d["bin"] for d in sorter.telemetry.recent_decisions()} == {"reject"}
     assert {p.output for p in sorter.actuators[0].pulses} == {6}
     captures = list((tmp_path / "line" / "captures").rglob("*.jpg"))
     assert len(captures) == summary["decisions"]
@@ -103,10 +66,10 @@ def test_stale_frames_never_fire(tmp_path, trained_run):
 def test_operator_overrides(tmp_path, trained_run, override, reason, outputs):
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 3})
-    sorter = Sorter(config, simulator=SimulatedConveyor(config))
+    sorter = simulated_sorter(config)
     sorter.controls.force("glass") if override == "force" else sorter.controls.pause()
     sorter.run_to_end()
-    assert len(sorter.decisions) == 3 and {d["reason"] for d in sorter.decisions} == {reason}
+    assert len(sorter.telemetry.recent_decisions()) == 3 and {d["reason"] for d in sorter.telemetry.recent_decisions()} == {reason}
     assert {p.output for p in sorter.actuators[0].pulses} == outputs
 
 

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.service.sorter import Sorter
 from edge.line.simulator import SimulatedConveyor
-from tests.test_daemon import line_config
+from tests.conftest import free_port, line_config, running, simulated_sorter
 
 
 def write_video(path, config, seconds=4.0):
@@ -38,9 +39,9 @@ def test_video_file_through_opencv(tmp_path, trained_run):
     sim_config = line_config(tmp_path, run, simulator={"items": 4})
     video = write_video(tmp_path / "belt.avi", sim_config)
     config = line_config(tmp_path / "v", run, source={"uri": f"file://{video}"}, line={"max_frame_age_ms": 60000})
-    sorter = Sorter(config).run_to_end()
+    sorter = Sorter.from_config(config).run_to_end()
     assert sorter.capture.frames == int(4.0 * config.source.fps)
-    assert len(sorter.decisions) == 4  # each item seen in the video classified once
+    assert len(sorter.telemetry.recent_decisions()) == 4  # each item seen in the video classified once
 
 
 def test_truncated_video_and_corrupt_images_are_skipped(tmp_path, trained_run, caplog):
@@ -50,7 +51,7 @@ def test_truncated_video_and_corrupt_images_are_skipped(tmp_path, trained_run, c
     (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
     config = line_config(tmp_path / "v", run, source={"uri": f"file://{tmp_path / 'cut.avi'}"},
                          line={"max_frame_age_ms": 60000})
-    sorter = Sorter(config).run_to_end()  # ends at the cut instead of hanging or crashing
+    sorter = Sorter.from_config(config).run_to_end()  # ends at the cut instead of hanging or crashing
     assert 0 < sorter.capture.frames < int(4.0 * config.source.fps)
 
     folder = tmp_path / "frames"
@@ -62,7 +63,7 @@ def test_truncated_video_and_corrupt_images_are_skipped(tmp_path, trained_run, c
     (folder / "1.jpg").write_bytes(good[: len(good) // 2])
     (folder / "2.png").write_bytes(b"garbage")
     config = line_config(tmp_path / "f", run, source={"uri": f"folder://{folder}", "fps": 50})
-    sorter = Sorter(config).run_to_end()
+    sorter = Sorter.from_config(config).run_to_end()
     assert sorter.capture.frames == 1 and sorter.capture.bad_frames == 2
     assert "truncated JPEG" in caplog.text and "not a decodable image" in caplog.text
 
@@ -94,25 +95,35 @@ def test_sigkill_keeps_audit_db_consistent(tmp_path, trained_run):
     assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] >= committed
 
 
-def test_sd_notify_ready_and_watchdog(tmp_path, trained_run):
+def test_sd_notify_ready_only_when_sorting_and_watchdog(tmp_path, trained_run, plc):
+    """READY=1 comes once the line really sorts: at that moment every PLC coil has already
+    been written off and /healthz already answers ready. Then the loop feeds the watchdog."""
     _, run = trained_run
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(30)
     env = {"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}
-    _, proc = start_daemon(tmp_path, run, env=env, simulator={"items": 3})
-    messages = []
+    port = free_port()
+    _, proc = start_daemon(tmp_path, run, env=env, simulator={"items": 3}, observability={"port": port},
+                           actuators=[{"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
+    messages, at_ready = [], None
     try:
         while proc.poll() is None and not any("STOPPING=1" in m for m in messages):
             try:
                 messages.append(sock.recv(4096).decode())
             except socket.timeout:
                 break
+            if messages[-1].startswith("READY=1") and at_ready is None:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
+                at_ready = (health, plc.writes())
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert messages[0].startswith("READY=1")
+    health, writes = at_ready
+    assert health["ready"] and health["actuators_ok"] and health["camera_ok"]
+    assert {"fn": "write_coils", "address": 0, "values": [0] * 8}.items() <= writes[0].items()
     assert sum(m == "WATCHDOG=1" for m in messages) >= 2
 
     # A broken config: no READY, the config exit code.
@@ -130,7 +141,7 @@ def test_watchdog_pings_stop_when_the_source_stalls(tmp_path, trained_run):
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 2})
     sim = SimulatedConveyor(config)
-    sorter = Sorter(config, simulator=sim)
+    sorter = Sorter.from_config(config, simulator=sim)
     pings = []
     sorter.notifier.watchdog = lambda: pings.append(time.monotonic()) or True
     sorter.notifier.watchdog_interval = 0.05
@@ -162,29 +173,22 @@ def test_watchdog_pings_stop_when_the_source_stalls(tmp_path, trained_run):
 
 def test_metrics_and_health_endpoint_are_read_only(tmp_path, trained_run):
     _, run = trained_run
-    with socket.socket() as probe:  # a free loopback port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = line_config(tmp_path, run, simulator={"items": 3}, observability={"port": port})
-    sorter = Sorter(config, simulator=SimulatedConveyor(config))
-    sorter.start()
-    stop = threading.Event()
-    loop = threading.Thread(target=sorter.run, args=(stop,))
-    loop.start()
-    try:
+    config = line_config(tmp_path, run, simulator={"items": 3}, observability={"port": free_port()})
+    sorter = simulated_sorter(config)
+    with running(sorter) as loop:
         base = f"http://127.0.0.1:{sorter.status.port}"
         time.sleep(1.5)
         health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
         assert health["ready"] and health["camera_ok"] and health["actuators_ok"]
         loop.join(timeout=30)
         text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert 'scrapsort_stage_latency_seconds_bucket{stage="inference",le="+Inf"}' in text
-        assert "scrapsort_frames_total" in text and "scrapsort_items_total" in text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        inference = samples[("scrapsort_stage_latency_seconds_bucket", (("le", "+Inf"), ("stage", "inference")))]
+        assert inference == len(sorter.telemetry.recent_decisions()) > 0
+        assert samples[("scrapsort_frames_total", ())] > 0
+        assert sum(v for (name, _), v in samples.items() if name == "scrapsort_items_total") == inference
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(urllib.request.Request(base + "/metrics", data=b"x", method="POST"), timeout=5)
         assert err.value.code == 405
-        assert sorter.status.server.server_address[0] == "127.0.0.1"
-    finally:
-        stop.set()
-        loop.join(timeout=10)
-        sorter.shutdown()
+        assert sorter.status.address[0] == "127.0.0.1"

@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,80 +17,17 @@ from edge.config import GpioActuatorConfig, LineConfig, ModbusActuatorConfig, Mq
 from edge.line.ejector import EjectionScheduler
 from edge.plant.gpio import GpioActuator
 from edge.plant.modbus import ModbusActuator
-from tests.test_daemon import line_config
-
-PLC = Path(__file__).parent / "peers" / "plc_server.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
-class PlcServer:
-    def __init__(self, tmp_path):
-        self.port, self.log, self.proc = free_port(), tmp_path / "plc.jsonl", None
-
-    def start(self):
-        self.proc = subprocess.Popen([sys.executable, str(PLC), str(self.port), str(self.log)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(self._listening), "PLC server did not start"
-        self.started_at = time.monotonic()
-        return self
-
-    def _listening(self):
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def writes(self, since=0.0):
-        if not self.log.exists():
-            return []
-        return [w for w in map(json.loads, self.log.read_text().splitlines()) if w["t"] >= since]
-
-    def coils(self):
-        from pymodbus.client import ModbusTcpClient
-
-        client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1)
-        client.connect()
-        bits = client.read_coils(0, count=8).bits[:8]
-        client.close()
-        return bits
-
-
-@pytest.fixture
-def plc(tmp_path):
-    server = PlcServer(tmp_path).start()
-    yield server
-    if server.proc.poll() is None:
-        server.kill()
-
+from tests.conftest import free_port, line_config, running, simulated_sorter, wait_for
 
 def modbus_cfg(port, **kw):
     return ModbusActuatorConfig(type="modbus", port=port, timeout_s=0.3, retries=0, heartbeat_s=0.1, **kw)
 
 
 def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
-    from edge.service.sorter import Sorter
-    from edge.line.simulator import SimulatedConveyor
-
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 4},
                          actuators=[{"type": "simulated"}, {"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
-    sorter = Sorter(config, simulator=SimulatedConveyor(config)).run_to_end()
+    sorter = simulated_sorter(config).run_to_end()
     on = [w for w in plc.writes() if w["fn"] == "write_coil" and w["values"] == [1]]
     fired = sorter.scheduler.fired
     assert len(on) == len(fired) == 4
@@ -139,29 +75,18 @@ def test_only_configured_coils_are_written(plc):
 
 
 def test_daemon_health_drops_and_outputs_go_off_when_plc_is_lost(tmp_path, trained_run, plc):
-    from edge.service.sorter import Sorter
-    from edge.line.simulator import SimulatedConveyor
-
     _, run = trained_run
     config = line_config(tmp_path, run, simulator={"items": 30},
                          actuators=[{"type": "simulated"}, {"type": "modbus", "port": plc.port, "timeout_s": 0.3,
                                                             "heartbeat_s": 0.1, "retries": 0}])
-    sorter = Sorter(config, simulator=SimulatedConveyor(config))
-    stop = threading.Event()
-    sorter.start()
-    loop = threading.Thread(target=sorter.run, args=(stop,))
-    loop.start()
-    try:
+    sorter = simulated_sorter(config)
+    with running(sorter):
         assert wait_for(lambda: sorter.health()[0], timeout=5)
         offs_before = sorter.actuators[0].off_calls
         plc.kill()
         assert wait_for(lambda: not sorter.health()[0], timeout=3)
         assert wait_for(lambda: sorter.actuators[0].off_calls > offs_before, timeout=2)
         assert sorter.scheduler.pending() == 0
-    finally:
-        stop.set()
-        loop.join(timeout=10)
-        sorter.shutdown()
 
 
 def test_outputs_off_after_sigkill_leaves_every_coil_at_zero(tmp_path, trained_run, plc):

@@ -3,19 +3,11 @@ import json
 import os
 import shutil
 import sqlite3
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from edge.service.sorter import Sorter
-from edge.errors import ConfigError
-from edge.line.simulator import SimulatedConveyor
-from tests.conftest import CLASSES
-from tests.test_daemon import line_config
-from tests.test_plant_io import free_port, wait_for
+from tests.conftest import CLASSES, operator_line, running, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("SCRAPSORT_SCREENSHOTS", "runs/screenshots"))
@@ -25,21 +17,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 @pytest.fixture
 def line(tmp_path, trained_run):
     _, run = trained_run
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    token.chmod(0o600)
-    config = line_config(tmp_path, run, simulator={"items": 12, "spacing_mm": 250},
-                         decision={"threshold": 0.99},  # a one-epoch model is unsure: items go to review
-                         web={"port": free_port(), "token_file": str(token), "preview_fps": 10})
-    sorter = Sorter(config, simulator=SimulatedConveyor(config))
-    stop = threading.Event()
-    sorter.start()
-    loop = threading.Thread(target=sorter.run, args=(stop,))
-    loop.start()
-    yield sorter, f"http://127.0.0.1:{sorter.web.port}", run
-    stop.set()
-    loop.join(timeout=10)
-    sorter.shutdown()
+    sorter = operator_line(tmp_path, run)
+    with running(sorter):
+        yield sorter, f"http://127.0.0.1:{sorter.web.port}", run
 
 
 def test_operator_page(line, tmp_path):
@@ -102,23 +82,3 @@ def test_operator_page(line, tmp_path):
                                                          "('operator', 'relabel') ORDER BY id")]
     assert wait_for(lambda: len(logged()) == 3, timeout=5)   # pause, resume, relabel; the refused one is not
     assert [e.get("action") for e in logged()[:2]] == ["pause", "resume"] and logged()[2]["label"] == "metal"
-
-
-def test_web_refuses_traversal_and_unauthorised_posts(line):
-    sorter, base, _ = line
-    for path in ("/captures/../audit.db", "/captures/%2e%2e/audit.db", "/captures/..%2f..%2fetc%2fpasswd"):
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(base + path, timeout=5)
-        assert err.value.code == 404, path
-    request = urllib.request.Request(base + "/api/control", data=b'{"action": "pause"}', method="POST")
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(request, timeout=5)
-    assert err.value.code == 403 and sorter.controls.state() == (False, None)
-    assert wait_for(lambda: sorter.counts["decisions"] > 0, timeout=20)
-
-
-def test_exposed_web_without_token_is_refused(tmp_path, trained_run):
-    _, run = trained_run
-    config = line_config(tmp_path, run, web={"bind": "0.0.0.0", "port": free_port()})
-    with pytest.raises(ConfigError, match="no web.token_file"):
-        Sorter(config, simulator=SimulatedConveyor(config))

@@ -10,15 +10,13 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from edge.vision.backends import open_backend
 from edge.config import Config
-from edge.errors import ImageError, ModelError
-from edge.vision.images import read_image
+from edge.errors import ModelError
 from edge.vision import dataset
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.scoring import classification_report

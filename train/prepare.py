@@ -12,7 +12,7 @@ import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 from edge.config import Config
 from edge.errors import DataError, ImageError

@@ -49,9 +49,11 @@ class Fired:
 
 class EjectionScheduler(threading.Thread):
     def __init__(self, belt: BeltTracker, actuators: Sequence[Output],
-                 on_fired: Optional[Callable[[Fired], None]] = None):
+                 on_fired: Optional[Callable[[Fired], None]] = None, on_late: Optional[Callable[[str], None]] = None,
+                 on_error: Optional[Callable[[str], None]] = None):
         super().__init__(name="ejector", daemon=True)
-        self.belt, self.actuators, self.on_fired = belt, list(actuators), on_fired
+        self.belt, self.actuators = belt, list(actuators)
+        self.on_fired, self.on_late, self.on_error = on_fired, on_late, on_error
         self._heap: List[PendingEjection] = []
         self._order = itertools.count()
         self._cv = threading.Condition()
@@ -108,6 +110,8 @@ class EjectionScheduler(threading.Thread):
         if now - exact > LATE_TOLERANCE_S:
             self.dropped_late += 1
             log.warning("item %s: ejection %.0f ms late, dropped", job.item_id, (now - exact) * 1000)
+            if self.on_late:
+                self.on_late(job.item_id)
             return
         started = now
         for actuator in self.actuators:
@@ -116,6 +120,8 @@ class EjectionScheduler(threading.Thread):
             except Exception as exc:  # one failing driver must not stop the others
                 self.errors += 1
                 log.error("%s: pulse for item %s failed: %s", actuator.name, job.item_id, exc)
+                if self.on_error:
+                    self.on_error(job.item_id)
         fired = Fired(job.item_id, job.output, started, started - exact)
         self.fired.append(fired)
         if self.on_fired:

@@ -22,6 +22,7 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ConfigError
 from edge.vision.images import IMAGE_SUFFIXES, read_image
+from edge.line.inputs import Encoder, LineInputs, PhotoEye
 from edge.line.sources import EndOfStream, Frame, Source
 
 BELT_GREY = 70
@@ -94,6 +95,10 @@ class SimulatedConveyor(Source):
     def encoder_count(self) -> int:
         return int(self.belt_mm() / self.config.line.mm_per_count)
 
+    def inputs(self) -> LineInputs:
+        """The conveyor's encoder and photo-eye, as a plant's would be read."""
+        return LineInputs(encoder=_Encoder(self), photo_eye=_PhotoEye(self))
+
     def world_x(self, item: SimItem, now: float) -> float:
         return self.belt_mm(now) - item.s_mm
 
@@ -137,6 +142,22 @@ class SimulatedConveyor(Source):
             if x0 < x1:
                 frame[top:top + h, x0:x1] = item.image[:, x0 - left:x1 - left]
         return frame
+
+
+class _Encoder(Encoder):
+    def __init__(self, conveyor: SimulatedConveyor):
+        self.conveyor = conveyor
+
+    def count(self) -> int:
+        return self.conveyor.encoder_count()
+
+
+class _PhotoEye(PhotoEye):
+    def __init__(self, conveyor: SimulatedConveyor):
+        self.conveyor = conveyor
+
+    def blocked(self) -> bool:
+        return self.conveyor.photo_eye()
 
 
 def sample_items(config: Config) -> List[tuple]:

@@ -32,10 +32,6 @@ class Observation:
     encoder: Optional[int]
     frame_seq: int
 
-    @property
-    def belt_coordinate(self) -> float:
-        return self.belt_mm - self.x_mm
-
 
 class _SeenItems:
     """Belt coordinates of items already classified (one decision per item)."""

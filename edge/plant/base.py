@@ -7,11 +7,13 @@ on any fault. Drivers are registered by config `type` in ACTUATORS.
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from typing import List, Sequence
 
 from edge.config import ActuatorConfig
 
+log = logging.getLogger(__name__)
 # config `type` -> driver class; each imported only when configured (pymodbus, paho, gpiod are optional).
 ACTUATORS = {"simulated": "edge.plant.simulated:SimulatedActuator", "gpio": "edge.plant.gpio:GpioActuator",
              "modbus": "edge.plant.modbus:ModbusActuator", "mqtt": "edge.plant.mqtt:MqttActuator"}
@@ -29,7 +31,8 @@ class Actuator(ABC):
 
     @abstractmethod
     def all_off(self) -> None:
-        """Every output off. Idempotent; must work after any failure."""
+        """Every output off. Idempotent; must work after any failure. Raises when it cannot
+        confirm the outputs are off (device unreachable), so `outputs-off` never claims it."""
 
     def healthy(self) -> bool:
         return True
@@ -39,6 +42,18 @@ class Actuator(ABC):
 
     def close(self) -> None:
         self.all_off()
+
+
+def all_off(actuators: Sequence[Actuator]) -> List[str]:
+    """Switch every driver's outputs off, each tried whatever the others did; the failures, as text."""
+    failures = []
+    for actuator in actuators:
+        try:
+            actuator.all_off()
+        except Exception as exc:
+            log.error("%s: could not switch outputs off: %s", actuator.name, exc)
+            failures.append(f"{actuator.name}: {exc}")
+    return failures
 
 
 def open_actuators(configs: Sequence[ActuatorConfig], max_pulse_s: float) -> List[Actuator]:

@@ -7,7 +7,7 @@ watchdog to drop every output when it stops), +1 status bits (1 online, 2 ready,
 link marks the driver unhealthy, the daemon's health goes not-ready, and reconnection
 backs off exponentially. Pulses are never queued here: one that cannot be sent is
 dropped, so nothing is replayed after a reconnect. Modbus has no authentication: keep the
-PLC network isolated.
+PLC network isolated. ModbusEncoder reads the belt encoder from a PLC counter.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import threading
 import time
 
 from edge.plant.base import Actuator
-from edge.config import ModbusActuatorConfig
+from edge.config import ModbusActuatorConfig, ModbusEncoderConfig
 from edge.deps import require
+from edge.line.inputs import Encoder
 
 log = logging.getLogger(__name__)
 ONLINE, READY, FAULT = 1, 2, 4
@@ -111,9 +112,11 @@ class ModbusActuator(Actuator):
             return False
 
     def all_off(self) -> None:
-        if self._online or self._connect():
-            with self._lock:
-                self._write_coils_off()
+        """Every configured coil off, or IOError: unreachable, the PLC's own watchdog has to act."""
+        with self._lock:
+            if (self._online or self._connect()) and self._write_coils_off():
+                return
+        raise IOError(f"modbus: coils on {self.cfg.host}:{self.cfg.port or 502} not confirmed off (PLC unreachable)")
 
     # -- heartbeat -----------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -125,7 +128,64 @@ class ModbusActuator(Actuator):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        self.all_off()
+        try:
+            self.all_off()
+        except IOError as exc:
+            log.warning("%s", exc)
         if self._online:
             self._request(self.client.write_registers, self.cfg.register_base + 1, [0])  # not ready
+        self.client.close()
+
+
+class ModbusEncoder(Encoder):
+    """A PLC's high-speed counter read over Modbus TCP: two holding registers (high word first),
+    polled every poll_s in its own thread, so count() never waits on the network. The count
+    is unwrapped across the counter's 32-bit overflow. A failed read marks the encoder
+    unhealthy (the line goes not-ready) and the next poll reconnects, backing off to 2 s."""
+
+    def __init__(self, cfg: ModbusEncoderConfig):
+        self.cfg = cfg
+        self.client = require("pymodbus.client", "plant").ModbusTcpClient(
+            cfg.host, port=cfg.port or 502, timeout=cfg.timeout_s, retries=0, reconnect_delay=0,
+            reconnect_delay_max=0)
+        self._raw, self._wraps, self._count, self._ok = None, 0, 0, False
+        self._wait = cfg.poll_s
+        self._stop = threading.Event()
+        self._poll()
+        self._thread = threading.Thread(target=self._run, name="modbus-encoder", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        try:
+            if not self.client.connected and not self.client.connect():
+                raise IOError("no connection")
+            response = self.client.read_holding_registers(self.cfg.address, count=2, device_id=self.cfg.unit_id)
+            if response.isError():
+                raise IOError(str(response))
+        except Exception as exc:
+            if self._ok:
+                log.error("modbus encoder %s:%s lost (%s)", self.cfg.host, self.cfg.port or 502, exc)
+            self._ok, self._wait = False, min(max(self._wait * 2, 0.1), 2.0)
+            self.client.close()
+            return
+        high, low = response.registers[:2]
+        raw = (high << 16) | low
+        if self._raw is not None and self._raw - raw > 1 << 31:  # the counter wrapped past 2**32
+            self._wraps += 1
+        self._raw, self._count = raw, raw + (self._wraps << 32)
+        self._ok, self._wait = True, self.cfg.poll_s
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._wait):
+            self._poll()
+
+    def count(self) -> int:
+        return self._count
+
+    def healthy(self) -> bool:
+        return self._ok
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
         self.client.close()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import random
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS events (
     t_wall REAL NOT NULL,
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    decision_id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    t_wall REAL NOT NULL,
+    path TEXT NOT NULL
 );
 """
 
@@ -169,6 +175,30 @@ class AuditLog(threading.Thread):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not deleted:
                 break
+
+    # -- the review queue (operator page) ----------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        """Its own connection: readers never touch the writer thread's."""
+        return sqlite3.connect(str(self.path), timeout=5)
+
+    def review_queue(self, limit: int = 50) -> List[Dict]:
+        """Low-confidence decisions with a capture that nobody has labelled yet, newest first."""
+        with closing(self._reader()) as db:
+            rows = db.execute(
+                "SELECT d.id, d.item_id, d.class, d.confidence, d.top3, d.capture FROM decisions d "
+                "LEFT JOIN reviews r ON r.decision_id = d.id WHERE d.reason = 'low_confidence' "
+                "AND d.capture IS NOT NULL AND r.decision_id IS NULL ORDER BY d.id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"id": r[0], "item_id": r[1], "class": r[2], "confidence": r[3], "top3": json.loads(r[4]),
+                 "capture": r[5]} for r in rows]
+
+    def capture_of(self, decision_id: int) -> Optional[str]:
+        with closing(self._reader()) as db:
+            row = db.execute("SELECT capture FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+        return row[0] if row else None
+
+    def mark_reviewed(self, decision_id: int, label: str, path: str) -> None:
+        with closing(self._reader()) as db, db:
+            db.execute("INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?)", (decision_id, label, time.time(), path))
 
     def close(self) -> None:
         self._queue.put(None)

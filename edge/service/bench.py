@@ -21,6 +21,10 @@ import numpy as np
 from edge.config import Config
 from edge.stats import percentiles
 
+# The CPU features that decide inference speed here (and which INT8 form is fast): printed
+# with every result, since machines differ between runs.
+SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "asimd",
+               "asimddp", "sve"}
 CANDIDATES = [  # (label, backend, precision, file in the run dir)
     ("PyTorch eager", "torch", "fp32", "best.pt"),
     ("ONNX Runtime", "onnxruntime", "fp32", "model.onnx"),
@@ -76,8 +80,12 @@ def machine() -> Dict:
             "cores": os.cpu_count()}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         info["cpu"] = names[0] if names else info["cpu"]
+        flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith(("flags", "Features"))),
+                     set())
+        info["cpu_flags"] = sorted(flags & SPEED_FLAGS)
     for module in ("onnxruntime", "torch", "tensorrt", "cv2", "numpy"):
         try:
             info[module] = __import__(module).__version__
@@ -146,7 +154,7 @@ def _daemon_latency(config: Config, items: int) -> Dict:
     line = config.replace(source=config.source.replace(uri="sim://"), simulator=sim_cfg,
                           observability=config.observability.replace(port=0), audit=audit)
     simulator = SimulatedConveyor(line)
-    sorter = Sorter(line, simulator=simulator).run_to_end()
+    sorter = Sorter.from_config(line, simulator=simulator).run_to_end()
     summary = summarize(sorter, simulator)
     stages = summary["latency_ms"]
     return {"model": summary["model"], "items": summary["items_on_belt"], "accuracy": summary["accuracy"],
@@ -166,7 +174,8 @@ def _speedups(result: Dict) -> None:
 
 def markdown(result: Dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}, "
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores; {' '.join(m.get('cpu_flags') or []) or 'no'} "
+             f"speed-relevant CPU flags), GPU {m.get('gpu') or 'none'}, "
              f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
              f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, {result['when']}.", "",

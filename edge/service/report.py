@@ -7,19 +7,16 @@ from typing import Dict
 import numpy as np
 
 from edge.service.sorter import Sorter
-from edge.service.telemetry import STAGES
-from edge.stats import percentiles
 
 
 def summarize(sorter: Sorter, simulator=None) -> Dict:
+    """Totals from the line's counters (the same ones /metrics shows); latency percentiles
+    over the recent window."""
+    t = sorter.telemetry
     summary = {
-        "decisions": len(sorter.decisions),
-        "rejects": sum(1 for d in sorter.decisions if d["reason"] == "low_confidence"),
-        "pulses": len(sorter.scheduler.fired),
-        "stale_skipped": sorter.counts["stale"], "dropped": sorter.counts["dropped"],
-        "late_not_fired": sorter.counts["late"] + sorter.scheduler.dropped_late,
-        "frames": sorter.capture.frames,
-        "latency_ms": {stage: percentiles(sorter.latency[stage]) for stage in STAGES},
+        "decisions": t.decisions, "rejects": t.total(t.rejects), "pulses": t.total(t.ejections),
+        "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "late_not_fired": t.total(t.late),
+        "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
     }
     if simulator is not None:
@@ -29,7 +26,8 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
 
 def _against_truth(sorter: Sorter, sim) -> Dict:
     by_id, truth_of = {}, {}
-    for d in sorter.decisions:
+    decisions = sorter.telemetry.recent_decisions()
+    for d in decisions:
         by_id[d["item_id"]] = d
         truth_of[d["item_id"]] = sim.item_at(d["t_capture"], d["x_mm"])
     matched = [i for i in truth_of.values() if i is not None]

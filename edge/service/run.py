@@ -37,7 +37,7 @@ def run_line(config: Config, stop: threading.Event = None) -> dict:
 
         simulator = SimulatedConveyor(config)
     stop = stop or threading.Event()
-    sorter = Sorter(config, simulator=simulator)
+    sorter = Sorter.from_config(config, simulator=simulator)
     previous = _install_signal_handlers(stop)
     log.info("sorting: model %s, source %s", sorter.model.path, config.source.uri)
     try:
@@ -64,16 +64,14 @@ def _restore(previous) -> None:
 
 
 def outputs_off(config: Config) -> int:
-    """Drive every configured output off, without a running daemon (systemd ExecStopPost)."""
-    from edge.plant.base import open_actuators
+    """Drive every configured output off, without a running daemon (systemd ExecStopPost).
+    Exit 1 unless every driver confirmed it."""
+    from edge.plant.base import all_off, open_actuators
 
-    failures = 0
-    for actuator in open_actuators(config.actuators, config.decision.max_pulse_ms / 1000):
-        try:
-            actuator.all_off()
-            actuator.close()
+    actuators = open_actuators(config.actuators, config.decision.max_pulse_ms / 1000)
+    failures = all_off(actuators)
+    for actuator in actuators:
+        actuator.close()
+        if not any(f.startswith(f"{actuator.name}:") for f in failures):
             print(f"{actuator.name}: all outputs off")
-        except Exception as exc:  # report every driver, then fail
-            failures += 1
-            log.error("%s: could not switch outputs off: %s", actuator.name, exc)
     return 1 if failures else 0

@@ -1,7 +1,7 @@
 """Classification metrics in plain numpy (the edge box evaluates engines without torch)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 

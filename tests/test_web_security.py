@@ -1,0 +1,127 @@
+"""The HTTP endpoints against hostile and broken clients, with plain sockets and urllib
+(no browser needed, so these always run): path traversal, missing tokens, oversized,
+malformed, slow and idle requests, and more connections than allowed."""
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from edge.errors import ConfigError
+from edge.service import http
+from tests.conftest import TOKEN, free_port, line_config, operator_line, running, simulated_sorter, wait_for
+
+
+@pytest.fixture
+def web(tmp_path, trained_run, monkeypatch):
+    monkeypatch.setattr(http, "HEADER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(http, "BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 6)
+    _, run = trained_run
+    sorter = operator_line(tmp_path, run)
+    with running(sorter):
+        yield sorter, sorter.web.port
+
+
+def status(url, data=None, headers=None, method=None):
+    request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def raw(port, data: bytes, wait: float = 5.0) -> bytes:
+    """Send raw bytes; return what comes back until a response head is complete, the server
+    closes, or `wait` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        reply = b""
+        try:
+            while b"\r\n\r\n" not in reply and (chunk := sock.recv(65536)):
+                reply += chunk
+        except socket.timeout:
+            reply += b"<timeout>"
+        return reply
+
+
+def test_traversal_is_refused_but_real_captures_are_served(web):
+    sorter, port = web
+    base = f"http://127.0.0.1:{port}"
+    assert wait_for(lambda: any(sorter.audit.captures.folder.rglob("*.jpg")), timeout=30)
+    capture = next(sorter.audit.captures.folder.rglob("*.jpg"))
+    name = capture.relative_to(sorter.audit.captures.folder).as_posix()
+    code, body = status(f"{base}/captures/{name}")
+    assert code == 200 and body.startswith(b"\xff\xd8")           # the route itself works
+    assert (sorter.audit.captures.folder / ".." / "audit.db").is_file()
+    for path in ("/captures/%2e%2e/audit.db", "/captures/..%2faudit.db", "/captures/" + "..%2f" * 30 + "etc%2fpasswd",
+                 "/captures/%2fetc%2fpasswd"):
+        code, body = status(base + path)
+        assert code == 404 and b"root:" not in body and b"SQLite" not in body, path
+
+
+def test_control_needs_the_token(web):
+    sorter, port = web
+    url = f"http://127.0.0.1:{port}/api/control"
+    for headers in ({}, {"X-Scrapsort-Token": "wrong"}):
+        code, _ = status(url, b'{"action": "pause"}', headers)
+        assert code == 403 and sorter.controls.state() == (False, None)
+    code, body = status(url, b'{"action": "pause"}', {"X-Scrapsort-Token": TOKEN})
+    assert code == 200 and json.loads(body)["paused"] is True and sorter.controls.state()[0] is True
+
+
+def test_malformed_requests_get_4xx(web):
+    sorter, port = web
+    base = f"http://127.0.0.1:{port}"
+    token = {"X-Scrapsort-Token": TOKEN}
+    assert status(base + "/api/control", b"{not json", token)[0] == 400
+    assert status(base + "/api/control", b"[1, 2]", token)[0] == 400
+    assert status(base + "/api/control", b'{"action": "explode"}', token)[0] == 400
+    assert status(base + "/api/review/abc", b"{}", token)[0] == 404
+    assert status(base + "/api/classify", b"not an image")[0] == 400
+    assert status(base + "/api/control", method="GET")[0] == 405
+    assert b" 400 " in raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")[:20]
+    assert b" 400 " in raw(port, b"NONSENSE\r\n\r\n")[:20]
+    assert b" 411 " in raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\n\r\n")[:20]
+    endless_head = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000)  # never buffered whole
+    assert endless_head[9:12] in (b"400", b"431"), endless_head[:40]
+    assert sorter.health()[0]  # nothing of this disturbed the line
+
+
+def test_oversized_upload_is_refused_before_reading(web):
+    _, port = web
+    started = time.monotonic()
+    reply = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    assert b" 413 " in reply[:20] and time.monotonic() - started < 2  # answered without waiting for the body
+
+
+def test_idle_and_slow_clients_are_dropped(web):
+    _, port = web
+    started = time.monotonic()
+    assert raw(port, b"") == b""                                        # connected, sent nothing: closed
+    assert raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n") == b""           # a head that never ends: closed
+    assert time.monotonic() - started < 3
+    slow_body = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    assert b" 408 " in slow_body[:20]                                   # a body that never comes: 408
+
+
+def test_connections_beyond_the_limit_get_503(web):
+    _, port = web
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(http.MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.1)
+        assert b" 503 " in raw(port, b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")[:20]
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_for(lambda: status(f"http://127.0.0.1:{port}/api/status")[0] == 200, timeout=3)
+
+
+def test_exposed_web_without_token_is_refused(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run, web={"bind": "0.0.0.0", "port": free_port()})
+    with pytest.raises(ConfigError, match="no web.token_file"):
+        simulated_sorter(config)
