@@ -13,18 +13,22 @@ DEMO_EPOCHS ?= 4
 PRECISION ?= fp16
 PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
-ARCH := $(shell uname -m)
-# On a Jetson (aarch64 with L4T) the edge runtime uses JetPack's TensorRT/OpenCV; elsewhere the workstation set.
-EXTRAS := $(if $(wildcard /etc/nv_tegra_release),ort,plant,train,ort,plant,test)
+# On a Jetson (L4T) the edge runtime alone, beside JetPack's TensorRT/OpenCV; elsewhere the workstation set.
+# (Commas inside $(if ...) split its arguments, hence the variables.)
+JETSON_RELEASE ?= /etc/nv_tegra_release
+JETSON := $(wildcard $(JETSON_RELEASE))
+RUNTIME_EXTRAS := ort,plant
+WORKSTATION_EXTRAS := train,ort,plant,test
+EXTRAS := $(if $(JETSON),$(RUNTIME_EXTRAS),$(WORKSTATION_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test train evaluate export calibrate compare engine bench run install uninstall doctor check-data check-model
+.PHONY: help setup peers demo test train evaluate export calibrate compare engine bench run install uninstall doctor check-data check-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(BIN)/activate:
-	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages,) $(VENV)
+	$(PYTHON) -m venv $(if $(JETSON),--system-site-packages,) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 setup: $(BIN)/activate ## virtualenv + packages for this machine (Jetson: runtime only; else workstation + tests)
@@ -44,8 +48,11 @@ demo: setup check-data ## end to end: prepare, train (DEMO_EPOCHS), evaluate, ex
 	$(SCRAPSORT) predict $(DEMO_RUN_DIR)/model.onnx $(DATA)/glass/glass1.jpg $(DATA)/trash/trash1.jpg
 	$(SCRAPSORT) run --config $(LINE) --run-dir $(DEMO_RUN_DIR) --model $(DEMO_RUN_DIR)/model.onnx
 
-test: setup ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q
+peers: ## the real peers the tests start on loopback: mosquitto, Chromium, systemd-analyze (apt, as root)
+	@tests/peers/ensure.sh
+
+test: setup peers ## the whole test suite, peers included (what CI runs); only TensorRT/GPU tests may skip
+	SCRAPSORT_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
 
 train: setup check-data ## full training with the config's schedule, then evaluate + export
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
@@ -77,8 +84,8 @@ install: ## service user, /opt/scrapsort, /etc/scrapsort/line.yaml, /var/lib/scr
 	id scrapsort >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/scrapsort --shell /usr/sbin/nologin --groups video,gpio scrapsort
 	mkdir -p $(PREFIX) /etc/scrapsort /var/lib/scrapsort
 	cp -r edge train calibration jetson configs pyproject.toml README.md $(PREFIX)/
-	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages,) $(PREFIX)/venv
-	$(PREFIX)/venv/bin/pip install -q '$(PREFIX)[ort,plant]'
+	$(PYTHON) -m venv $(if $(JETSON),--system-site-packages,) $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q '$(PREFIX)[$(RUNTIME_EXTRAS)]'
 	cp $(RUN_DIR)/model*.onnx $(RUN_DIR)/manifest.json /var/lib/scrapsort/ 2>/dev/null || true
 	test -f /etc/scrapsort/line.yaml || install -m 0640 -g scrapsort configs/line.example.yaml /etc/scrapsort/line.yaml
 	chown -R scrapsort:scrapsort /var/lib/scrapsort

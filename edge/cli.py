@@ -137,6 +137,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from edge.config import schema_text
+
+    if args.output:
+        Path(args.output).write_text(schema_text())
+        print(f"written: {args.output}")
+    else:
+        print(schema_text(), end="")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{config.source_file}: valid ({len(config.classes)} classes, {len(config.decision.ejectors)} ejectors, "
+          f"actuators: {', '.join(a.type for a in config.actuators)})")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edge.vision.predict import predict_paths
 
@@ -204,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("outputs-off", cmd_outputs_off, "switch every configured output off (no daemon needed)")
     p = command("doctor", cmd_doctor, "report JetPack/TensorRT/CUDA, power mode, cameras and GPIO", config=False)
     p.add_argument("--apply", action="store_true", help="also set max power mode and lock clocks (root)")
+    p = command("config", None, "check a line config, or write the JSON Schema editors use to check and complete one",
+                config=False)
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    q = config_sub.add_parser("schema", help="print (or --output) the JSON Schema of the config")
+    q.set_defaults(func=cmd_config_schema)
+    q.add_argument("--output", help="write to this file (configs/scrapsort.schema.json is shipped)")
+    q = config_sub.add_parser("check", help="validate a config file; exit 78 with the problem if it is broken")
+    q.set_defaults(func=cmd_config_check)
+    q.add_argument("config", help="YAML config")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

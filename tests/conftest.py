@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -59,6 +60,19 @@ def write_config(path: Path, data_root: Path, run_dir: Path, **sections) -> Path
         config.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def pytest_sessionstart(session):
+    """`make test` sets SCRAPSORT_REQUIRE_PEERS: there a missing peer fails the run instead of
+    skipping its tests (tests/peers/ensure.sh installs them)."""
+    if os.environ.get("SCRAPSORT_REQUIRE_PEERS") != "1":
+        return
+    missing = [name for name, found in (
+        ("mosquitto", shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
+        ("chromium", shutil.which("chromium") or shutil.which("chromium-browser")),
+        ("systemd-analyze", shutil.which("systemd-analyze"))) if not found]
+    if missing:
+        pytest.exit(f"missing test peers: {', '.join(missing)} (run tests/peers/ensure.sh, or make peers)", returncode=3)
 
 
 @pytest.fixture

@@ -70,3 +70,53 @@ def test_cli_reports_config_error_without_traceback(tmp_path, capsys, caplog):
     assert main(["prepare", "--config", str(path)]) == 78
     assert "unknown key 'trian'" in caplog.text
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"duplicate key 'threshold'.*\n.*line 3"):
+        load_config(write(tmp_path, "decision:\n  threshold: 0.5\n  threshold: 0.9\n"))
+
+
+def test_each_actuator_type_has_its_own_keys(tmp_path):
+    """A gpio actuator has no MQTT topic: the old flat model silently accepted it."""
+    with pytest.raises(ConfigError, match=r"unknown key 'actuators\[0\]\.topic' \(allowed for type gpio: "
+                                          r"active_low, chip, library, lines, type\)"):
+        load_config(write(tmp_path, "actuators:\n  - {type: gpio, lines: [5], topic: x}\n"))
+    with pytest.raises(ConfigError, match=r"'actuators\[0\]\.type' must be one of 'simulated', 'gpio', 'modbus', "
+                                          r"'mqtt', got 'laser'"):
+        load_config(write(tmp_path, "actuators:\n  - {type: laser}\n"))
+    config = load_config(write(tmp_path, "actuators:\n  - {type: modbus, host: 10.0.0.5, coil_count: 6}\n"))
+    assert config.actuators[0].coil_count == 6 and not hasattr(config.actuators[0], "topic")
+
+
+def test_cross_checks_and_finite_numbers(tmp_path):
+    ejector = "decision:\n  ejectors:\n    - {bin: glass, position_mm: 500, output: 3}\n"
+    with pytest.raises(ConfigError, match=r"'actuators\[0\]' \(gpio\) has 2 outputs .* use output 3"):
+        load_config(write(tmp_path, ejector + "actuators:\n  - {type: gpio, lines: [5, 6]}\n"))
+    with pytest.raises(ConfigError, match=r"'decision.max_pulse_ms' must be a finite number"):
+        load_config(write(tmp_path, "decision:\n  max_pulse_ms: .inf\n"))
+    with pytest.raises(ConfigError, match=r"'decision.pulse_ms' must be <= decision.max_pulse_ms"):
+        load_config(write(tmp_path, "decision:\n  pulse_ms: 200\n"))
+    with pytest.raises(ConfigError, match=r"'web.bind' must be an IP address"):
+        load_config(write(tmp_path, "web:\n  bind: everywhere\n"))
+
+
+def test_every_config_error_exits_78(tmp_path, caplog):
+    for text in ("decision:\n  threshold: 0.5\n  threshold: 0.9\n", "actuators:\n  - {type: laser}\n",
+                 "line:\n  belt_speed_mm_s: -1\n", "model: [unclosed\n"):
+        assert main(["config", "check", str(write(tmp_path, text))]) == 78, text
+
+
+def test_shipped_json_schema_is_current_and_describes_the_config(capsys):
+    import json
+
+    from edge.config import json_schema, schema_text
+
+    shipped = REPO / "configs" / "scrapsort.schema.json"
+    assert shipped.read_text() == schema_text(), "run: scrapsort config schema --output configs/scrapsort.schema.json"
+    schema = json_schema()
+    assert schema["additionalProperties"] is False and "actuators" in schema["properties"]
+    tags = {m["properties"]["type"]["const"] for m in schema["$defs"].values()
+            if m.get("title", "").endswith("ActuatorConfig") and "type" in m.get("properties", {})}
+    assert tags == {"simulated", "gpio", "modbus", "mqtt"}
+    assert main(["config", "schema"]) == 0 and json.loads(capsys.readouterr().out) == schema

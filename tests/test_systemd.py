@@ -34,6 +34,14 @@ def test_service_is_hardened(units):
     assert score <= 4.0, result.stdout
 
 
+def test_every_exit_code_that_a_restart_cannot_fix_is_listed():
+    from edge.errors import no_restart_exit_codes
+
+    unit = (UNITS / "scrapsort.service").read_text()
+    listed = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
+    assert set(map(int, listed.split("=", 1)[1].split())) == no_restart_exit_codes() == {66, 69, 78}
+
+
 def test_service_contract():
     unit = (UNITS / "scrapsort.service").read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=78",

@@ -116,7 +116,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: config file not found (pass --config with an existing file, "
                           f"e.g. configs/default.yaml)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        with open(path) as stream:  # the stream's name puts the file into YAML's error marks
+            raw = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return config_from_dict(raw, str(path))

@@ -105,7 +105,7 @@ class FolderSource(Source):
         if not folder.is_dir():
             raise ConfigError(f"source.uri: folder {folder} does not exist")
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        self.cfg, self.index, self.seq, self.skipped = cfg, 0, 0, []
+        self.cfg, self.index, self.seq = cfg, 0, 0
         self._next = time.monotonic()
 
     def read(self) -> Optional[Frame]:
@@ -120,7 +120,6 @@ class FolderSource(Source):
         try:
             image = read_image(path)
         except ImageError as exc:
-            self.skipped.append(str(exc))
             log.warning("skipped: %s", exc)
             return None
         self.seq += 1

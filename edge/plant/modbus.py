@@ -1,7 +1,7 @@
 """Modbus TCP to a PLC (pymodbus): a coil per ejector, heartbeat and status registers.
 
 Registers from `register_base`: +0 heartbeat (toggles every heartbeat_s; set the PLC's
-watchdog to drop every output when it stops), +1 status bits (1 online, 2 ready, 4 fault),
+watchdog to drop every output when it stops), +1 status bits (1 online, 2 ready),
 +2 last item id (low 16 bits), +3 last bin output. Coils outside
 [coil_base, coil_base + coil_count) are never written. Every request has a timeout; a lost
 link marks the driver unhealthy, the daemon's health goes not-ready, and reconnection
@@ -21,7 +21,7 @@ from edge.deps import require
 from edge.line.inputs import Encoder
 
 log = logging.getLogger(__name__)
-ONLINE, READY, FAULT = 1, 2, 4
+ONLINE, READY = 1, 2
 
 
 class ModbusActuator(Actuator):
@@ -37,7 +37,6 @@ class ModbusActuator(Actuator):
         self._online = False
         self._backoff, self._next_attempt = 0.5, 0.0
         self._beat = 0
-        self.reconnects = self.failures = 0
         self._stop = threading.Event()
         self._connect()
         self._thread = threading.Thread(target=self._heartbeat, name="modbus-heartbeat", daemon=True)
@@ -53,7 +52,6 @@ class ModbusActuator(Actuator):
                 was_offline = not self._online
                 self._online, self._backoff = True, 0.5
                 if was_offline:
-                    self.reconnects += 1
                     self._write_coils_off()  # a clean start: nothing left on from before
                     log.info("modbus: connected to %s:%s", self.cfg.host, self.cfg.port or 502)
                 return True
@@ -65,7 +63,6 @@ class ModbusActuator(Actuator):
         if self._online:
             log.error("modbus: link to %s lost (%s); outputs are the PLC watchdog's now", self.cfg.host, exc)
         self._online = False
-        self.failures += 1
         self.client.close()
 
     def _request(self, call, *args, **kwargs) -> bool:

@@ -28,7 +28,7 @@ class MqttActuator(Actuator):
     def __init__(self, cfg: MqttActuatorConfig, max_pulse_s: float):
         super().__init__(max_pulse_s)
         mqtt = require("paho.mqtt.client", "plant")
-        self.cfg, self.dropped, self.sent = cfg, 0, 0
+        self.cfg, self.dropped = cfg, 0
         self._connected = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scrapsort-{os.getpid()}",
                                   clean_session=True)
@@ -66,7 +66,6 @@ class MqttActuator(Actuator):
             self.dropped += 1
             return False
         self.client.publish(f"{self.cfg.topic}/{topic}", json.dumps(payload), qos=self.cfg.qos)
-        self.sent += 1
         return True
 
     def decision(self, row: dict) -> None:

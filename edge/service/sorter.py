@@ -210,6 +210,8 @@ class Sorter:
         paused, forced = self.controls.state()
         details = {"ready": self.started and camera_ok and actuators_ok and not input_faults, "camera_ok": camera_ok,
                    "last_frame_age_s": round(age, 3), "camera_error": self.capture.error,
+                   "bad_frames": self.capture.bad_frames, "frozen_frames": self.capture.frozen_frames,
+                   "camera_reopens": self.capture.reopens,
                    "actuators_ok": actuators_ok, "input_faults": input_faults, "paused": paused,
                    "forced_bin": forced, "model": self.model.path, "precision": self.model.precision,
                    "captures": self.audit.captures.disabled_reason or "ok"}
