@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from edge.config import Config
-from edge.vision.scoring import softmax
+from edge.vision.scoring import ranked
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,8 @@ class Decider:
         self.bins = sorted({config.decision.bin_of(c) for c in classes} | {config.decision.reject_bin})
 
     def decide(self, logits: np.ndarray) -> Decision:
-        probs = softmax(logits.astype(np.float64))
-        order = np.argsort(-probs)[:3]
-        label, confidence = self.classes[order[0]], float(probs[order[0]])
-        top = [{"class": self.classes[i], "confidence": float(probs[i])} for i in order]
+        top = ranked(logits, self.classes, 3)
+        label, confidence = top[0]["class"], top[0]["confidence"]
         paused, forced = self.controls.state()
         if paused:
             return Decision(label, confidence, top, None, "paused")

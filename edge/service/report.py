@@ -7,6 +7,7 @@ from typing import Dict
 import numpy as np
 
 from edge.service.sorter import Sorter
+from edge.stats import percentiles
 
 
 def summarize(sorter: Sorter, simulator=None) -> Dict:
@@ -42,7 +43,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
         errors.append(fired.t_fired - sim.truth_time(item, positions[fired.output]))
         ejector = sorter.ejectors.get(by_id[fired.item_id]["bin"])
         wrong_bin += ejector is None or ejector.output != fired.output
-    abs_ms = np.abs(np.asarray(errors)) * 1000 if errors else np.zeros(0)
+    spread = percentiles(np.abs(errors))
     return {
         "items_on_belt": len(sim.items),
         "items_decided": len(per_item),
@@ -50,10 +51,9 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
         "decisions_without_item": len(truth_of) - len(matched),
         "accuracy": correct / len(matched) if matched else 0.0,
         "pulses_to_wrong_output": wrong_bin,
-        "ejection_error_ms": {"mean": float(np.mean(np.asarray(errors) * 1000)) if errors else 0.0,
-                              "p50_abs": float(np.percentile(abs_ms, 50)) if errors else 0.0,
-                              "p99_abs": float(np.percentile(abs_ms, 99)) if errors else 0.0,
-                              "max_abs": float(abs_ms.max()) if errors else 0.0, "n": len(errors)},
+        "ejection_error_ms": {"mean": float(np.mean(errors) * 1000) if errors else 0.0,
+                              "p50_abs": spread.get("p50", 0.0), "p99_abs": spread.get("p99", 0.0),
+                              "max_abs": spread.get("max", 0.0), "n": len(errors)},
     }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from edge.vision.backends import Backend, open_backend
 from edge.errors import ImageError
 from edge.vision.images import IMAGE_SUFFIXES, read_image
-from edge.vision.scoring import softmax
+from edge.vision.scoring import ranked
 from edge.vision.preprocess import Preprocessor
 
 
@@ -26,10 +26,8 @@ class Classifier:
         return self.backend.infer()
 
     def classify(self, bgr: np.ndarray, top: int = 3) -> Dict:
-        probs = softmax(self.logits(bgr).astype(np.float64))
-        order = np.argsort(-probs)[:top]
-        return {"class": self.classes[order[0]], "confidence": float(probs[order[0]]),
-                "top": [{"class": self.classes[i], "confidence": float(probs[i])} for i in order]}
+        best = ranked(self.logits(bgr), self.classes, top)
+        return {"class": best[0]["class"], "confidence": best[0]["confidence"], "top": best}
 
 
 def expand(paths: Iterable[str]) -> Iterator[Path]:

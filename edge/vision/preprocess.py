@@ -16,7 +16,7 @@ import numpy as np
 
 # Pixel-unit (0..255) mean/std. TF-trained Lite models expect (x - 127) / 128; torchvision's
 # ImageNet models expect the ImageNet statistics. Which one a pretrained EfficientNet-Lite0
-# wants was measured (README, "Preprocessing").
+# wants was measured (docs/training.md, "Preprocessing").
 NORMALISATIONS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "tf_lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),

@@ -1,7 +1,8 @@
-"""Classification metrics in plain numpy (the edge box evaluates engines without torch)."""
+"""Scores from logits, in plain numpy (the edge box evaluates engines without torch): the
+ranked classes every caller shows (the one top-k), and the classification report."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -12,6 +13,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def ranked(logits: np.ndarray, classes: Sequence[str], top: int = 3) -> List[Dict]:
+    """The `top` most likely classes, best first: [{"class": name, "confidence": probability}]."""
+    probs = softmax(np.asarray(logits, np.float64))
+    return [{"class": classes[i], "confidence": float(probs[i])} for i in np.argsort(-probs)[:top]]
 
 
 def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
