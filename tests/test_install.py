@@ -1,10 +1,10 @@
 """What gets installed where: the edge runtime alone in a fresh virtualenv (no torch, no
 train/), and the Makefile's choice of extras on a Jetson."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import line_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,11 +23,12 @@ def test_runtime_extras_alone_run_the_line_and_predict(tmp_path, trained_run):
         probe = subprocess.run([str(python), "-c", f"import {package}"], capture_output=True, cwd=tmp_path)
         assert probe.returncode != 0, f"{package} came with the runtime extras"
 
-    line_config(tmp_path, run, simulator={"items": 4})
-    result = subprocess.run([str(scrapsort), "run", "--config", str(tmp_path / "line.yaml")], capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)
+    # The shipped demo line, on a copy of the tiny run: its model, and its test split on the belt.
+    run_copy = shutil.copytree(run, tmp_path / "run")
+    result = subprocess.run([str(scrapsort), "run", "--config", str(REPO / "configs" / "demo.yaml"), "--run-dir",
+                             str(run_copy)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "items on belt 4, decided 4 (more than once: 0)" in result.stdout
+    assert "items on belt 6, decided 6 (more than once: 0)" in result.stdout
 
     images = sorted((run.parent / "data" / "glass").glob("*.jpg"))[:2]
     result = subprocess.run([str(scrapsort), "predict", str(run / "model.onnx"), *map(str, images)],
@@ -36,7 +37,7 @@ def test_runtime_extras_alone_run_the_line_and_predict(tmp_path, trained_run):
     assert result.stdout.count("top-3:") == 2
 
     # A workstation command says which extra to install instead of failing with a traceback.
-    result = subprocess.run([str(scrapsort), "train", "--config", str(tmp_path / "line.yaml")], capture_output=True,
+    result = subprocess.run([str(scrapsort), "train", "--config", str(REPO / "configs" / "demo.yaml")], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 69 and "pip install '.[train]'" in result.stderr and "Traceback" not in result.stderr
 

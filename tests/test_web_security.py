@@ -125,3 +125,14 @@ def test_exposed_web_without_token_is_refused(tmp_path, trained_run):
     config = line_config(tmp_path, run, web={"bind": "0.0.0.0", "port": free_port()})
     with pytest.raises(ConfigError, match="no web.token_file"):
         simulated_sorter(config)
+
+
+def test_token_file_errors_name_the_key_being_read(tmp_path, trained_run):
+    _, run = trained_run
+    token = tmp_path / "token"
+    token.write_text("x\n")
+    token.chmod(0o644)
+    config = line_config(tmp_path, run, web={"port": free_port(), "token_file": str(token)})
+    with pytest.raises(ConfigError, match=r"^web.token_file: .* chmod 600") as err:
+        simulated_sorter(config)
+    assert "password_file" not in str(err.value)
