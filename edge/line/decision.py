@@ -11,13 +11,16 @@ from edge.config import Config
 from edge.vision.scoring import ranked
 
 
+INVALID = "invalid"  # the label of an item whose model output was NaN/Inf: no class was decided
+
+
 @dataclass(frozen=True)
 class Decision:
     label: str
     confidence: float
     top: List[dict]
     bin: Optional[str]       # None: no ejection (sorting paused)
-    reason: str              # class | low_confidence | forced | paused
+    reason: str              # class | low_confidence | invalid_output | forced | paused
 
 
 class Controls:
@@ -47,13 +50,16 @@ class Decider:
         self.bins = sorted({config.decision.bin_of(c) for c in classes} | {config.decision.reject_bin})
 
     def decide(self, logits: np.ndarray) -> Decision:
-        top = ranked(logits, self.classes, 3)
-        label, confidence = top[0]["class"], top[0]["confidence"]
+        valid = bool(np.all(np.isfinite(logits)))  # NaN never compares below a threshold: check it first
+        top = ranked(logits, self.classes, 3) if valid else []
+        label, confidence = (top[0]["class"], top[0]["confidence"]) if valid else (INVALID, 0.0)
         paused, forced = self.controls.state()
         if paused:
             return Decision(label, confidence, top, None, "paused")
         if forced is not None:
             return Decision(label, confidence, top, forced, "forced")
+        if not valid:
+            return Decision(label, confidence, top, self.config.decision.reject_bin, "invalid_output")
         if confidence < self.config.decision.threshold:
             return Decision(label, confidence, top, self.config.decision.reject_bin, "low_confidence")
         return Decision(label, confidence, top, self.config.decision.bin_of(label), "class")

@@ -115,53 +115,83 @@ class AuditLog(threading.Thread):
         self.captures = CaptureStore(Path(cfg.captures_dir) if cfg.captures_dir else run_dir / "captures",
                                      cfg.captures_quota_mb)
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=10000)
-        self.committed = 0
+        self.committed = self.bad_rows = self.dropped = 0
+        self.error: Optional[str] = None
+        self._closing = False
         self.rotate()
 
-    def record(self, row: Dict, crop: Optional[np.ndarray], low_confidence: bool) -> None:
-        """Queue a decision; its crop is saved when low-confidence or sampled."""
-        keep = low_confidence or random.random() < self.cfg.sample_rate
-        try:
-            self._queue.put_nowait(("decision", row, crop if keep else None))
-        except queue.Full:
-            log.error("audit queue full: decision for item %s not logged", row["item_id"])
+    def record(self, row: Dict, crop: Optional[np.ndarray], keep_crop: bool) -> None:
+        """Queue a decision; its crop is saved when asked (low confidence, invalid output) or sampled.
+        Never waits: a full queue drops the row and counts it."""
+        keep = keep_crop or random.random() < self.cfg.sample_rate
+        self._put(("decision", row, crop if keep else None))
 
     def event(self, kind: str, detail: Dict) -> None:
-        self._queue.put(("event", {"kind": kind, "detail": json.dumps(detail)}, None))
+        self._put(("event", {"kind": kind, "detail": json.dumps(detail)}, None))
+
+    def _put(self, entry: tuple) -> None:
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:  # the writer is stuck or dead: health says so; sorting never waits for it
+            self.dropped += 1
+            log.error("audit queue full: %s not logged (%d dropped)", entry[0], self.dropped)
+
+    @property
+    def problem(self) -> Optional[str]:
+        """Why the decision log is not working, or None."""
+        if self.error:
+            return self.error
+        if self.started and not self.is_alive() and not self._closing:
+            return "audit writer stopped"
+        return None
+
+    @property
+    def started(self) -> bool:
+        return self.ident is not None
 
     def run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < 256:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(entry is None for entry in batch)
-            self._write([entry for entry in batch if entry is not None])
-            if stop:
-                return
+        try:
+            while True:
+                batch = [self._queue.get()]
+                while len(batch) < 256:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(entry is None for entry in batch)
+                self._write([entry for entry in batch if entry is not None])
+                if stop:
+                    return
+        except Exception as exc:  # e.g. the database file is gone: say so, do not take the line down
+            self.error = f"audit writer stopped: {exc}"
+            log.exception("audit writer stopped")
 
     def _write(self, batch: List[tuple]) -> None:
         if not batch:
             return
         now = time.time()
-        with self.db:  # one transaction per batch
+        with self.db:  # one transaction per batch; a row that cannot be written is skipped, not the batch
             for kind, row, crop in batch:
-                if kind == "event":
-                    self.db.execute("INSERT INTO events (t_wall, kind, detail) VALUES (?, ?, ?)",
-                                    (now, row["kind"], row["detail"]))
-                    continue
-                capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
-                self.db.execute(
-                    "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, belt_mm,"
-                    " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (row["item_id"], row["t_wall"], row["class"], row["confidence"], json.dumps(row["top3"]),
-                     row["bin"], row["reason"], row["x_mm"], row["belt_mm"], row.get("eject_target_mm"),
-                     json.dumps(row["latency_ms"]), self.model_sha256, capture))
+                try:
+                    self._insert(kind, row, crop, now)
+                except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:
+                    self.bad_rows += 1
+                    log.error("audit: %s row not written (%s): %r", kind, exc, {k: row.get(k) for k in list(row)[:6]})
         self.committed += sum(1 for kind, _, _ in batch if kind == "decision")
         if self.committed % 1000 < len(batch):
             self.rotate()
+
+    def _insert(self, kind: str, row: Dict, crop: Optional[np.ndarray], now: float) -> None:
+        if kind == "event":
+            self.db.execute("INSERT INTO events (t_wall, kind, detail) VALUES (?, ?, ?)", (now, row["kind"], row["detail"]))
+            return
+        capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
+        self.db.execute(
+            "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, belt_mm,"
+            " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["item_id"], row["t_wall"], row["class"], row["confidence"], json.dumps(row["top3"]),
+             row["bin"], row["reason"], row["x_mm"], row["belt_mm"], row.get("eject_target_mm"),
+             json.dumps(row["latency_ms"]), self.model_sha256, capture))
 
     def rotate(self) -> None:
         """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
@@ -201,6 +231,11 @@ class AuditLog(threading.Thread):
             db.execute("INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?)", (decision_id, label, time.time(), path))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self.join(timeout=10)
+        self._closing = True
+        if self.started:
+            try:
+                self._queue.put(None, timeout=5)
+            except queue.Full:
+                log.error("audit writer not draining: %d queued rows lost at shutdown", self._queue.qsize())
+            self.join(timeout=10)
         self.db.close()

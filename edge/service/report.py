@@ -15,7 +15,8 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
     over the recent window."""
     t = sorter.telemetry
     summary = {
-        "decisions": t.decisions, "rejects": t.total(t.rejects), "pulses": t.total(t.ejections),
+        "decisions": t.decisions, "rejects": t.total(t.rejects), "invalid_outputs": t.total(t.invalid_outputs),
+        "pulses": t.total(t.ejections),
         "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "late_not_fired": t.total(t.late),
         "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
@@ -60,6 +61,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
 def format_summary(s: Dict) -> str:
     lines = [f"model {s['model']} ({s['backend']}, {s['precision']})",
              f"frames {s['frames']}, decisions {s['decisions']}, rejects (low confidence) {s['rejects']}, "
+             f"invalid model output {s['invalid_outputs']}, "
              f"pulses {s['pulses']}, stale skipped {s['stale_skipped']}, dropped {s['dropped']}, "
              f"too late (not fired) {s['late_not_fired']}"]
     if "items_on_belt" in s:

@@ -163,7 +163,7 @@ class Sorter:
                "confidence": decision.confidence, "top3": decision.top, "bin": decision.bin,
                "reason": decision.reason, "x_mm": obs.x_mm, "belt_mm": obs.belt_mm, "eject_target_mm": target,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
-        self.audit.record(row, obs.crop, decision.reason == "low_confidence")
+        self.audit.record(row, obs.crop, keep_crop=decision.reason in ("low_confidence", "invalid_output"))
         for actuator in self.actuators:
             try:
                 actuator.decision(row)
@@ -207,8 +207,10 @@ class Sorter:
         camera_ok = age < self.config.source.read_timeout_s and self.capture.failed_reopens < self.config.source.reopen_limit
         actuators_ok = all(a.healthy() for a in self.actuators)
         input_faults = self.line.inputs.faults()
+        audit_problem = self.audit.problem
         paused, forced = self.controls.state()
-        details = {"ready": self.started and camera_ok and actuators_ok and not input_faults, "camera_ok": camera_ok,
+        ready = self.started and camera_ok and actuators_ok and not input_faults and audit_problem is None
+        details = {"ready": ready, "camera_ok": camera_ok, "audit": audit_problem or "ok",
                    "last_frame_age_s": round(age, 3), "camera_error": self.capture.error,
                    "bad_frames": self.capture.bad_frames, "frozen_frames": self.capture.frozen_frames,
                    "camera_reopens": self.capture.reopens,

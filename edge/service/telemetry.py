@@ -33,6 +33,7 @@ class Telemetry:
         self.frames = counter("frames", "camera frames received")
         self.items = counter("items", "items classified, by class", ["class"])
         self.rejects = counter("rejects", "items below the confidence threshold (reject bin)")
+        self.invalid_outputs = counter("invalid_outputs", "items whose model output was NaN/Inf (reject bin)")
         self.stale = counter("stale_frames", "observations skipped as older than line.max_frame_age_ms")
         self.dropped = counter("dropped_items", "observations dropped because inference fell behind")
         self.late = counter("late_ejections", "ejections not fired because their moment had passed")
@@ -55,6 +56,8 @@ class Telemetry:
         self.items.labels(row["class"]).inc()
         if row["reason"] == "low_confidence":
             self.rejects.inc()
+        elif row["reason"] == "invalid_output":
+            self.invalid_outputs.inc()
         for stage, seconds in latency_s.items():
             self.stage_latency.labels(stage).observe(seconds)
         self.frame_age.set(latency_s["frame_age"])

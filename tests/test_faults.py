@@ -1,0 +1,78 @@
+"""Fault injection: each test breaks one thing a plant breaks and checks the line survives it,
+says so, and loses nothing. `pytest -k fault` selects them."""
+import json
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edge.config import AuditConfig
+from edge.service.audit import AuditLog
+from tests.conftest import line_config, run_sim, simulated_sorter, wait_for
+
+
+def nan_model(run, path):
+    """The tiny run's model with its logits multiplied by NaN; metadata (classes, preprocessing) kept."""
+    model = onnx.load(str(run / "model.onnx"))
+    graph = model.graph
+    output = graph.output[0]
+    graph.initializer.append(numpy_helper.from_array(np.array([np.nan], np.float32), "nan_scale"))
+    graph.node.append(helper.make_node("Mul", [output.name, "nan_scale"], ["nan_logits"]))
+    output.name = "nan_logits"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_fault_nan_model_output_goes_to_reject_and_is_logged(tmp_path, trained_run):
+    _, run = trained_run
+    model = nan_model(run, tmp_path / "nan.onnx")
+    config = line_config(tmp_path, run, runtime={"model": str(model), "allow_root": True}, simulator={"items": 4})
+    sorter, sim, summary = run_sim(config)
+    decisions = sorter.telemetry.recent_decisions()
+    assert len(decisions) == 4 and {d["reason"] for d in decisions} == {"invalid_output"}
+    assert {d["bin"] for d in decisions} == {"reject"}                       # never ejected as classes[0]
+    assert {p.output for p in sorter.actuators[0].pulses} == {6}             # the reject ejector fired
+    assert summary["invalid_outputs"] == 4 and summary["rejects"] == 0
+    with sqlite3.connect(str(tmp_path / "line" / "audit.db")) as db:
+        rows = db.execute("SELECT class, confidence, reason, capture FROM decisions").fetchall()
+    assert len(rows) == 4 and all(r[:3] == ("invalid", 0.0, "invalid_output") and r[3] for r in rows)
+    assert sorter.audit.problem is None and sorter.audit.bad_rows == 0
+
+
+def test_fault_a_bad_audit_row_never_kills_the_writer(tmp_path):
+    audit = AuditLog(AuditConfig(), tmp_path, "sha")
+    audit.start()
+    good = {"item_id": "000001", "t_wall": time.time(), "class": "glass", "confidence": 0.9, "top3": [],
+            "bin": "glass", "reason": "class", "x_mm": 0.0, "belt_mm": 0.0, "latency_ms": {}}
+    audit.record(good, None, False)
+    audit.record({**good, "item_id": "000002", "class": None}, None, False)   # violates NOT NULL
+    audit.record({**good, "item_id": "000003", "confidence": float("nan")}, None, False)
+    audit.record({"item_id": "000004"}, None, False)                           # fields missing
+    audit.record({**good, "item_id": "000005"}, None, False)
+    audit.event("check", {})
+    assert wait_for(lambda: audit.committed >= 5, timeout=5)
+    assert audit.is_alive() and audit.problem is None and audit.bad_rows == 3
+    audit.close()
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        items = [r[0] for r in db.execute("SELECT item_id FROM decisions ORDER BY id")]
+        assert items == ["000001", "000005"] and db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+def test_fault_a_dead_audit_writer_never_blocks_sorting_and_health_says_so(tmp_path, trained_run):
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 3})
+    sorter = simulated_sorter(config)
+    sorter.audit.db.close()                  # the writer's database goes away under it
+    sorter.audit._queue.maxsize = 2          # and its queue is nearly full already
+    line = threading.Thread(target=sorter.run_to_end, daemon=True)
+    line.start()
+    line.join(timeout=60)
+    assert not line.is_alive()               # the run ended: nothing waited on the dead writer
+    assert len(sorter.telemetry.recent_decisions()) == 3
+    ready, health = sorter.health()
+    assert not ready and "audit writer stopped" in health["audit"]
+    assert sorter.audit.dropped > 0
+    assert json.dumps(health)  # the reason is plain data for /healthz
