@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from edge.config import AuditConfig
 from edge.service.audit import AuditLog
-from tests.conftest import line_config, run_sim, simulated_sorter, wait_for
+from tests.conftest import line_config, run_sim, running, simulated_sorter, wait_for
 
 
 def nan_model(run, path):
@@ -76,3 +76,58 @@ def test_fault_a_dead_audit_writer_never_blocks_sorting_and_health_says_so(tmp_p
     assert not ready and "audit writer stopped" in health["audit"]
     assert sorter.audit.dropped > 0
     assert json.dumps(health)  # the reason is plain data for /healthz
+
+
+def stalled_line(tmp_path, run, fault):
+    """A simulated line whose camera develops `fault(image) -> image` after 1.5 s; watchdog pings recorded."""
+    config = line_config(tmp_path, run, source={"read_timeout_s": 0.3, "reopen_limit": 2}, simulator={"items": 30})
+    sorter = simulated_sorter(config)
+    sim, pings = sorter.line.simulator, []
+    sorter.notifier.watchdog = lambda: pings.append(time.monotonic()) or True
+    sorter.notifier.watchdog_interval = 0.05
+    original, broken_at = sim.read, []
+
+    def read():
+        frame = original()
+        if sim.t0 is not None and time.monotonic() - sim.t0 > 1.5:
+            broken_at.append(broken_at[0] if broken_at else time.monotonic())
+            frame.image = fault(frame.image)
+        return frame
+
+    sim.read = read
+    return sorter, pings, broken_at
+
+
+def assert_stops_acting_and_says_so(sorter, pings, broken_at, reason):
+    with running(sorter):
+        assert wait_for(lambda: broken_at, timeout=10)
+        assert wait_for(lambda: not sorter.health()[0], timeout=3)
+        decided = sorter.telemetry.decisions
+        time.sleep(1.0)
+        ready, health = sorter.health()
+        assert not ready and not health["camera_ok"] and reason(health)
+        assert sorter.telemetry.decisions == decided                 # nothing decided on broken frames
+        assert sorter.telemetry.total(sorter.telemetry.camera_faults) == 1
+    late_pings = [p for p in pings if p > broken_at[0] + 0.2]
+    assert pings and not late_pings                                     # the watchdog is no longer fed
+    with sqlite3.connect(str(sorter.audit.path)) as db:
+        assert db.execute("SELECT count(*) FROM events WHERE kind = 'camera_fault'").fetchone()[0] == 1
+
+
+def test_fault_camera_resolution_change_is_refused_and_reported(tmp_path, trained_run, caplog):
+    import cv2
+
+    _, run = trained_run
+    sorter, pings, broken_at = stalled_line(tmp_path, run, lambda image: cv2.resize(image, (640, 360)))
+    assert_stops_acting_and_says_so(sorter, pings, broken_at,
+                                    lambda health: "camera delivers 640x360" in health["camera_error"])
+    assert "could not be processed" not in caplog.text                 # no tracebacks from the trigger
+    assert sorter.capture.wrong_size_frames > 0
+
+
+def test_fault_frozen_camera_is_not_ready_after_failed_reopens(tmp_path, trained_run):
+    _, run = trained_run
+    frozen = {}
+    sorter, pings, broken_at = stalled_line(tmp_path, run, lambda image: frozen.setdefault("image", image.copy()))
+    assert_stops_acting_and_says_so(sorter, pings, broken_at, lambda health: health["frozen_frames"] > 0)
+    assert sorter.capture.failed_reopens >= 2

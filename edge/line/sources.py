@@ -155,7 +155,13 @@ def open_source(config: Config, simulator=None) -> Source:
 
 
 class CaptureThread(threading.Thread):
-    """Reads the source continuously; hands each frame to `on_frame` and keeps the newest."""
+    """Reads the source continuously; hands each good frame to `on_frame` and keeps the newest.
+
+    Good means: new (not a repeat of the last one: a frozen camera), and of the configured
+    size (the belt geometry, line.mm_per_px, is calibrated for it; frames of another size
+    are refused, never guessed at). Without a good frame for read_timeout_s the source is
+    reopened; reopenings that bring no good frame count as failed until one does.
+    """
 
     def __init__(self, source: Source, cfg: SourceConfig, on_frame: Callable[[Frame], None],
                  encoder: Optional[Callable[[], int]] = None):
@@ -163,9 +169,11 @@ class CaptureThread(threading.Thread):
         self.source, self.cfg, self.on_frame, self.encoder = source, cfg, on_frame, encoder
         self.stop_event = threading.Event()
         self.latest: Optional[Frame] = None
-        self.frames = self.bad_frames = self.frozen_frames = self.reopens = 0
-        self.failed_reopens = 0
-        self.last_frame_at = time.monotonic()
+        self.frames = self.processed = self.bad_frames = self.frozen_frames = self.wrong_size_frames = 0
+        self.reopens = self.failed_reopens = 0
+        self.wrong_size = False                   # the latest frame had another resolution than configured
+        self.last_frame_at = time.monotonic()     # the last good frame; reopening does not move it
+        self._reopen_due = self.last_frame_at + cfg.read_timeout_s
         self.ended = threading.Event()
         self.error: Optional[str] = None
         self._last_signature = None
@@ -182,23 +190,29 @@ class CaptureThread(threading.Thread):
                 frame = None
             if frame is None:
                 self.bad_frames += 1
-                self._maybe_reopen()
-                continue
-            if frame.encoder is None and self.encoder is not None:
-                frame.encoder = self.encoder()
-            if self._frozen(frame):
+            elif self._frozen(frame):
                 self.frozen_frames += 1
-                self._maybe_reopen()
+            elif not self._expected_size(frame):
+                self.wrong_size_frames += 1
+            else:
+                self._good(frame)
                 continue
-            self.frames += 1
-            self.last_frame_at = time.monotonic()
-            self.failed_reopens = 0
-            self.latest = frame
-            try:
-                self.on_frame(frame)
-            except Exception:  # a bad frame must not end capture; it is logged and counted
-                self.bad_frames += 1
-                log.exception("frame %d could not be processed", frame.seq)
+            self._maybe_reopen()
+
+    def _good(self, frame: Frame) -> None:
+        if frame.encoder is None and self.encoder is not None:
+            frame.encoder = self.encoder()
+        self.frames += 1
+        self.last_frame_at = time.monotonic()
+        self._reopen_due = self.last_frame_at + self.cfg.read_timeout_s
+        self.failed_reopens, self.error, self.wrong_size = 0, None, False
+        self.latest = frame
+        try:
+            self.on_frame(frame)
+            self.processed += 1
+        except Exception:  # a bad frame must not end capture; it is logged and counted
+            self.bad_frames += 1
+            log.exception("frame %d could not be processed", frame.seq)
 
     def _frozen(self, frame: Frame) -> bool:
         """Some backends repeat the last frame forever after an unplug: compare a subsample."""
@@ -207,19 +221,31 @@ class CaptureThread(threading.Thread):
         self._last_signature = signature
         return frozen
 
+    def _expected_size(self, frame: Frame) -> bool:
+        height, width = frame.image.shape[:2]
+        if (width, height) == (self.cfg.width, self.cfg.height):
+            return True
+        error = (f"camera delivers {width}x{height}, but source.width/height say {self.cfg.width}x{self.cfg.height} "
+                 f"(line.mm_per_px is calibrated for that): set the camera's mode back, or re-measure and fix the config")
+        if error != self.error:
+            log.error("%s; its frames are not used", error)
+        self.error, self.wrong_size = error, True
+        return False
+
     def _maybe_reopen(self) -> None:
-        if time.monotonic() - self.last_frame_at < self.cfg.read_timeout_s:
+        if time.monotonic() < self._reopen_due:
             return
         self.reopens += 1
+        self.failed_reopens += 1  # until a good frame proves otherwise
         try:
             self.source.reopen()
-            log.warning("no frame for %.1f s: source reopened", self.cfg.read_timeout_s)
+            log.warning("no good frame for %.1f s: source reopened (%d in a row)", self.cfg.read_timeout_s,
+                        self.failed_reopens)
         except Exception as exc:
-            self.failed_reopens += 1
             self.error = f"reopen failed ({exc})"
             log.error("source reopen %d failed: %s", self.failed_reopens, exc)
             time.sleep(min(self.cfg.read_timeout_s, 1.0))
-        self.last_frame_at = time.monotonic()
+        self._reopen_due = time.monotonic() + self.cfg.read_timeout_s
 
     def stop(self) -> None:
         self.stop_event.set()

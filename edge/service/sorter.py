@@ -46,7 +46,7 @@ class Sorter:
         self.operator = None
         self._open_http()
         self.started = False
-        self._links_ok = True
+        self._links_ok = self._camera_was_ok = True
 
     @classmethod
     def from_config(cls, config: Config, simulator: Optional[SimulatedConveyor] = None,
@@ -103,10 +103,11 @@ class Sorter:
             if obs is not None:
                 self.process(obs)
             now = time.monotonic()
-            if self.capture.frames != last_frames and now - last_ping >= interval:
-                self.notifier.watchdog()  # only from here, only while frames keep coming
-                last_ping, last_frames = now, self.capture.frames
+            if self.capture.processed != last_frames and now - last_ping >= interval:
+                self.notifier.watchdog()  # only from here, only while good frames are processed
+                last_ping, last_frames = now, self.capture.processed
             self._watch_links()
+            self._watch_camera()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
 
@@ -124,6 +125,25 @@ class Sorter:
             self.audit.event("link_restored", {})
             log.info("actuator links restored")
         self._links_ok = healthy
+
+    def _watch_camera(self) -> None:
+        """A camera that stops delivering good frames (gone, frozen, another resolution): event, counter."""
+        ok = self._camera_ok()
+        if not ok and self._camera_was_ok:
+            self.telemetry.camera_faults.inc()
+            self.audit.event("camera_fault", {"error": self.capture.error, "frozen_frames": self.capture.frozen_frames,
+                                              "wrong_size_frames": self.capture.wrong_size_frames,
+                                              "failed_reopens": self.capture.failed_reopens})
+            log.error("camera fault (%s): not ready", self.capture.error or "no good frame")
+        elif ok and not self._camera_was_ok:
+            self.audit.event("camera_restored", {})
+            log.info("camera delivers good frames again")
+        self._camera_was_ok = ok
+
+    def _camera_ok(self) -> bool:
+        age = time.monotonic() - self.capture.last_frame_at
+        return age < self.config.source.read_timeout_s and self.capture.failed_reopens < self.config.source.reopen_limit \
+            and not self.capture.wrong_size
 
     def run_to_end(self, stop: Optional[threading.Event] = None) -> "Sorter":
         """start, sort until stopped or the source ends, shut down (outputs off) on every way out."""
@@ -204,7 +224,7 @@ class Sorter:
     # -- state -----------------------------------------------------------------------------
     def health(self):
         age = time.monotonic() - self.capture.last_frame_at
-        camera_ok = age < self.config.source.read_timeout_s and self.capture.failed_reopens < self.config.source.reopen_limit
+        camera_ok = self._camera_ok()
         actuators_ok = all(a.healthy() for a in self.actuators)
         input_faults = self.line.inputs.faults()
         audit_problem = self.audit.problem
@@ -213,7 +233,7 @@ class Sorter:
         details = {"ready": ready, "camera_ok": camera_ok, "audit": audit_problem or "ok",
                    "last_frame_age_s": round(age, 3), "camera_error": self.capture.error,
                    "bad_frames": self.capture.bad_frames, "frozen_frames": self.capture.frozen_frames,
-                   "camera_reopens": self.capture.reopens,
+                   "wrong_size_frames": self.capture.wrong_size_frames, "camera_reopens": self.capture.reopens,
                    "actuators_ok": actuators_ok, "input_faults": input_faults, "paused": paused,
                    "forced_bin": forced, "model": self.model.path, "precision": self.model.precision,
                    "captures": self.audit.captures.disabled_reason or "ok"}

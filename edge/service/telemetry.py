@@ -41,6 +41,8 @@ class Telemetry:
         self.ejections = counter("ejections", "pulses fired, by output", ["output"])
         self.actuator_errors = counter("actuator_errors", "failed actuator commands")
         self.link_faults = counter("link_faults", "times an actuator link (PLC, broker) was lost")
+        self.camera_faults = counter("camera_faults", "times the camera stopped delivering good frames "
+                                                      "(gone, frozen, another resolution)")
         self.frame_age = Gauge("frame_age_seconds", "age of the last observation when inference started",
                                namespace="scrapsort", registry=self.registry)
         self.stage_latency = Histogram("stage_latency_seconds", "per-stage latency", ["stage"], namespace="scrapsort",
