@@ -241,3 +241,36 @@ def plc(tmp_path):
     yield server
     if server.proc.poll() is None:
         server.kill()
+
+
+# -- a real MQTT broker on loopback ------------------------------------------------------------
+needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                                     reason="mosquitto is not installed (apt-get install mosquitto)")
+
+
+class Broker:
+    def __init__(self, tmp_path, password: bool = False):
+        self.port = free_port()
+        self.conf = tmp_path / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
+        if password:
+            pw = tmp_path / "passwd"
+            subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "sorter", "s3cret"], check=True)
+            os.chmod(pw, 0o600)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+            if os.geteuid() == 0:  # as root, mosquitto would drop to a user who cannot read the test's tmp dir
+                lines.insert(0, "user root")
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc = None
+
+    def start(self):
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", self.port)) == 0), "broker did not start"
+        return self
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)

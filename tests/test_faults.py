@@ -1,7 +1,11 @@
 """Fault injection: each test breaks one thing a plant breaks and checks the line survives it,
 says so, and loses nothing. `pytest -k fault` selects them."""
 import json
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +15,8 @@ from onnx import helper, numpy_helper
 
 from edge.config import AuditConfig
 from edge.service.audit import AuditLog
-from tests.conftest import line_config, run_sim, running, simulated_sorter, wait_for
+from tests.conftest import (Broker, PlcServer, line_config, needs_mosquitto, run_sim, running, simulated_sorter,
+                            wait_for)
 
 
 def nan_model(run, path):
@@ -131,3 +136,63 @@ def test_fault_frozen_camera_is_not_ready_after_failed_reopens(tmp_path, trained
     sorter, pings, broken_at = stalled_line(tmp_path, run, lambda image: frozen.setdefault("image", image.copy()))
     assert_stops_acting_and_says_so(sorter, pings, broken_at, lambda health: health["frozen_frames"] > 0)
     assert sorter.capture.failed_reopens >= 2
+
+
+def test_fault_ready_waits_until_the_plc_is_linked(tmp_path, trained_run):
+    """With the PLC unreachable at start the daemon runs but says it is waiting, and sends
+    READY=1 only once the link is up (before: READY at once, and nothing could fire)."""
+    _, run = trained_run
+    plc = PlcServer(tmp_path)                                  # its port, nothing listening yet
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    line_config(tmp_path, run, simulator={"items": 60},
+                actuators=[{"type": "modbus", "port": plc.port, "timeout_s": 0.2, "retries": 0}])
+    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(tmp_path / "line.yaml")],
+                              env={**os.environ, "NOTIFY_SOCKET": sock_path}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    messages = []
+
+    def receive(seconds):
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    try:
+        receive(4)
+        assert messages and not any("READY=1" in m for m in messages)
+        assert any("waiting for actuator link(s): modbus" in m for m in messages)
+        plc.start()
+        receive(6)
+        assert any(m.startswith("READY=1") for m in messages)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        if plc.proc is not None:
+            plc.kill()
+
+
+@needs_mosquitto
+def test_fault_a_telemetry_only_link_loss_degrades_but_sorting_goes_on(tmp_path, trained_run):
+    _, run = trained_run
+    broker = Broker(tmp_path).start()
+    config = line_config(tmp_path, run, simulator={"items": 30},
+                         actuators=[{"type": "simulated"}, {"type": "mqtt", "port": broker.port, "commands": False}])
+    sorter = simulated_sorter(config)
+    try:
+        with running(sorter):
+            assert wait_for(lambda: sorter.health()[0] and sorter.telemetry.total(sorter.telemetry.ejections) > 0,
+                            timeout=20)
+            broker.stop()
+            assert wait_for(lambda: not sorter.actuators[1].healthy(), timeout=10)
+            fired = len(sorter.actuators[0].pulses)
+            assert wait_for(lambda: len(sorter.actuators[0].pulses) > fired + 2, timeout=20)  # valves still fire
+            assert sorter.health()[0]                          # still ready: the valves are all linked
+            assert sorter.health()[1].get("degraded_links") == ["mqtt"]
+    finally:
+        if broker.proc.poll() is None:
+            broker.stop()

@@ -1,13 +1,9 @@
 """Plant I/O against real peers on loopback: a pymodbus TCP server process and mosquitto."""
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +13,7 @@ from edge.config import GpioActuatorConfig, LineConfig, ModbusActuatorConfig, Mq
 from edge.line.ejector import EjectionScheduler
 from edge.plant.gpio import GpioActuator
 from edge.plant.modbus import ModbusActuator
-from tests.conftest import free_port, line_config, running, simulated_sorter, wait_for
+from tests.conftest import Broker, line_config, needs_mosquitto, running, simulated_sorter, wait_for
 
 def modbus_cfg(port, **kw):
     return ModbusActuatorConfig(type="modbus", port=port, timeout_s=0.3, retries=0, heartbeat_s=0.1, **kw)
@@ -113,38 +109,6 @@ def test_outputs_off_after_sigkill_leaves_every_coil_at_zero(tmp_path, trained_r
 
 
 # -- MQTT ------------------------------------------------------------------------------------
-needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
-                                     reason="mosquitto is not installed (apt-get install mosquitto)")
-
-
-class Broker:
-    def __init__(self, tmp_path, password: bool = False):
-        self.port = free_port()
-        self.conf = tmp_path / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false"]
-        if password:
-            pw = tmp_path / "passwd"
-            subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "sorter", "s3cret"], check=True)
-            os.chmod(pw, 0o600)
-            lines += ["allow_anonymous false", f"password_file {pw}"]
-            if os.geteuid() == 0:  # as root, mosquitto would drop to a user who cannot read the test's tmp dir
-                lines.insert(0, "user root")
-        else:
-            lines.append("allow_anonymous true")
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc = None
-
-    def start(self):
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", self.port)) == 0), "broker did not start"
-        return self
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 class Subscriber:
     def __init__(self, port, topic="scrapsort/#", **auth):
         import paho.mqtt.client as mqtt

@@ -34,6 +34,12 @@ class Actuator(ABC):
         """Every output off. Idempotent; must work after any failure. Raises when it cannot
         confirm the outputs are off (device unreachable), so `outputs-off` never claims it."""
 
+    @property
+    def fires(self) -> bool:
+        """True when this driver moves items (a valve, a coil, an eject command); False for a
+        telemetry-only link, whose loss degrades the line but does not stop it."""
+        return True
+
     def healthy(self) -> bool:
         return True
 

@@ -58,6 +58,10 @@ class MqttActuator(Actuator):
             log.warning("mqtt: disconnected from %s (%s); messages dropped until it is back", self.cfg.host, reason)
         self._connected.clear()
 
+    @property
+    def fires(self) -> bool:
+        return self.cfg.commands
+
     def healthy(self) -> bool:
         return self._connected.is_set()
 

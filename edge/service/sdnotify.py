@@ -34,6 +34,9 @@ class Notifier:
     def ready(self, status: str = "sorting") -> bool:
         return self.notify(f"READY=1\nSTATUS={status}")
 
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 

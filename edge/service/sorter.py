@@ -45,8 +45,9 @@ class Sorter:
         self.web: Optional[HttpServer] = None
         self.operator = None
         self._open_http()
-        self.started = False
+        self.started = self._ready_sent = False
         self._links_ok = self._camera_was_ok = True
+        self._link_state: Dict[int, bool] = {}
 
     @classmethod
     def from_config(cls, config: Config, simulator: Optional[SimulatedConveyor] = None,
@@ -80,6 +81,18 @@ class Sorter:
                 server.start()
         self.started = True
         self.audit.event("start", {"model": self.model.path, "sha256": self.model.sha256})
+        self._ready_sent = False
+        self._notify_ready()
+
+    def _notify_ready(self) -> None:
+        """READY=1 once, when every actuator that fires is linked (until then: not ready, and said so)."""
+        if self._ready_sent:
+            return
+        down = [a.name for a in self.actuators if a.fires and not a.healthy()]
+        if down:
+            self.notifier.status(f"waiting for actuator link(s): {', '.join(down)}")
+            return
+        self._ready_sent = True
         self.notifier.ready(f"sorting with {Path(self.model.path).name}")
 
     # -- capture thread side ---------------------------------------------------------------
@@ -108,23 +121,32 @@ class Sorter:
                 last_ping, last_frames = now, self.capture.processed
             self._watch_links()
             self._watch_camera()
+            self._notify_ready()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
 
     def _watch_links(self) -> None:
-        """A lost actuator link (PLC, broker) means: nothing pending survives, everything off."""
-        healthy = all(a.healthy() for a in self.actuators)
-        if not healthy and self._links_ok:
+        """A lost link to an actuator that fires (PLC, eject commands): nothing pending survives,
+        everything off, not ready. A lost telemetry-only link: an event and a counter, sorting goes on."""
+        for actuator in self.actuators:
+            healthy, was = actuator.healthy(), self._link_state.get(id(actuator), True)
+            if healthy == was:
+                continue
+            self._link_state[id(actuator)] = healthy
+            if healthy:
+                self.audit.event("link_restored", {"actuator": actuator.name})
+                log.info("%s: link restored", actuator.name)
+                continue
+            self.telemetry.link_faults.inc()
+            if not actuator.fires:
+                self.audit.event("telemetry_link_lost", {"actuator": actuator.name})
+                log.error("%s: telemetry link lost; sorting goes on", actuator.name)
+                continue
             dropped = self.scheduler.clear()
             self.all_off()
-            self.telemetry.link_faults.inc()
-            self.audit.event("link_lost", {"dropped_ejections": dropped,
-                                           "actuators": [a.name for a in self.actuators if not a.healthy()]})
-            log.error("actuator link lost: %d pending ejection(s) dropped, outputs off, not ready", dropped)
-        elif healthy and not self._links_ok:
-            self.audit.event("link_restored", {})
-            log.info("actuator links restored")
-        self._links_ok = healthy
+            self.audit.event("link_lost", {"actuator": actuator.name, "dropped_ejections": dropped})
+            log.error("%s: link lost: %d pending ejection(s) dropped, outputs off, not ready", actuator.name, dropped)
+        self._links_ok = all(a.healthy() for a in self.actuators if a.fires)
 
     def _watch_camera(self) -> None:
         """A camera that stops delivering good frames (gone, frozen, another resolution): event, counter."""
@@ -225,7 +247,8 @@ class Sorter:
     def health(self):
         age = time.monotonic() - self.capture.last_frame_at
         camera_ok = self._camera_ok()
-        actuators_ok = all(a.healthy() for a in self.actuators)
+        actuators_ok = all(a.healthy() for a in self.actuators if a.fires)
+        degraded = [a.name for a in self.actuators if not a.fires and not a.healthy()]
         input_faults = self.line.inputs.faults()
         audit_problem = self.audit.problem
         paused, forced = self.controls.state()
@@ -234,7 +257,8 @@ class Sorter:
                    "last_frame_age_s": round(age, 3), "camera_error": self.capture.error,
                    "bad_frames": self.capture.bad_frames, "frozen_frames": self.capture.frozen_frames,
                    "wrong_size_frames": self.capture.wrong_size_frames, "camera_reopens": self.capture.reopens,
-                   "actuators_ok": actuators_ok, "input_faults": input_faults, "paused": paused,
+                   "actuators_ok": actuators_ok, "degraded_links": degraded, "input_faults": input_faults,
+                   "paused": paused,
                    "forced_bin": forced, "model": self.model.path, "precision": self.model.precision,
                    "captures": self.audit.captures.disabled_reason or "ok"}
         return details["ready"], details
