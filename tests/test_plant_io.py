@@ -1,8 +1,10 @@
 """Plant I/O against real peers on loopback: a pymodbus TCP server process and mosquitto."""
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -35,8 +37,31 @@ def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
     assert plc.coils() == [False] * 8
 
 
+@contextlib.contextmanager
+def sorting_loop(actuator, ready=True):
+    """Stands in for the sorter's loop, which tells the actuators it is alive on every pass."""
+    stop = threading.Event()
+
+    def passes():
+        while not stop.wait(0.02):
+            actuator.alive(ready)
+
+    thread = threading.Thread(target=passes)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_plc_killed_and_restarted(plc):
     actuator = ModbusActuator(modbus_cfg(plc.port), max_pulse_s=0.1)
+    with sorting_loop(actuator):
+        plc_killed_and_restarted(plc, actuator)
+
+
+def plc_killed_and_restarted(plc, actuator):
     belt = BeltTracker(LineConfig(belt_speed_mm_s=1000))
     scheduler = EjectionScheduler(belt, [actuator])
     scheduler.start()
@@ -57,6 +82,31 @@ def test_plc_killed_and_restarted(plc):
     assert not [w for w in after if w["fn"] == "write_coil"]        # nothing replayed
     scheduler.stop()
     actuator.close()
+
+
+def test_fault_modbus_heartbeat_follows_the_sorting_loop_and_status_mirrors_health(plc):
+    """A hung loop stops the heartbeat (the PLC's watchdog then drops the outputs); the ready
+    bit is the line's health. Before, a thread of its own toggled it whatever the loop did."""
+    actuator = ModbusActuator(modbus_cfg(plc.port), max_pulse_s=0.1)
+
+    def registers(since, until=float("inf")):
+        return [w["values"] for w in plc.writes(since) if w["fn"] == "write_registers" and w["address"] == 100
+                and w["t"] <= until]
+
+    started = time.monotonic()
+    with sorting_loop(actuator, ready=True):
+        time.sleep(0.6)
+    hung = time.monotonic()
+    time.sleep(0.8)
+    with sorting_loop(actuator, ready=False):
+        resumed = time.monotonic()
+        time.sleep(0.6)
+    actuator.close()
+    running_ = registers(started, hung)
+    assert len(running_) >= 3 and {beat for beat, _ in running_} == {0, 1} and {s for _, s in running_} == {3}
+    assert registers(hung + 0.25, resumed) == []                       # the loop hung: no heartbeat
+    not_ready = registers(resumed)
+    assert len(not_ready) >= 3 and {s for _, s in not_ready} == {1}    # online, not ready
 
 
 def test_only_configured_coils_are_written(plc):

@@ -51,3 +51,13 @@ def test_service_contract():
         assert line in unit, line
     assert "\nPrivateDevices=" not in unit  # breaks CUDA on Jetson
     assert "--if-needed" in (UNITS / "scrapsort-engine.service").read_text()
+
+
+def test_fault_no_option_that_hides_devices_on_jetpack_systemd():
+    """systemd 245/249 (JetPack 5/6) turn ProtectClock= into a DeviceAllow list, and
+    PrivateDevices=/DevicePolicy= do the same on every version: camera, GPIO and CUDA
+    device nodes would vanish for the service."""
+    unit = (UNITS / "scrapsort.service").read_text()
+    settings = [line.split("=", 1)[0] for line in unit.splitlines() if line and not line.startswith("#")]
+    assert not {"ProtectClock", "PrivateDevices", "DevicePolicy", "DeviceAllow"} & set(settings)
+    assert "SystemCallFilter=@system-service" in unit   # clock changes stay refused (@clock is not in it)

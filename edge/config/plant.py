@@ -42,7 +42,8 @@ class ModbusActuatorConfig(_Peer):
     coil_base: Int = Field(0, ge=0, le=65535, description="output n -> coil coil_base + n; nothing outside is written")
     coil_count: Int = Field(8, ge=1, le=2000)
     register_base: Int = Field(100, ge=0, le=65532, description="heartbeat, status bits, last item id, last bin")
-    heartbeat_s: Float = Field(0.5, gt=0, le=60)
+    heartbeat_s: Float = Field(0.5, ge=0.05, le=60, description="heartbeat register period (the PLC's watchdog "
+                                                                   "should allow about 3 of them)")
 
     def output_count(self) -> Optional[int]:
         return self.coil_count

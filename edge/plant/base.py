@@ -43,6 +43,9 @@ class Actuator(ABC):
     def healthy(self) -> bool:
         return True
 
+    def alive(self, ready: bool) -> None:
+        """Called by the sorting loop on every pass, with the line's readiness (heartbeats follow it)."""
+
     def decision(self, row: dict) -> None:
         """Told of every decision (telemetry drivers publish it); pulses come separately."""
 

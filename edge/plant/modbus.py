@@ -1,7 +1,8 @@
 """Modbus TCP to a PLC (pymodbus): a coil per ejector, heartbeat and status registers.
 
 Registers from `register_base`: +0 heartbeat (toggles every heartbeat_s; set the PLC's
-watchdog to drop every output when it stops), +1 status bits (1 online, 2 ready),
+watchdog to drop every output when it stops; it toggles only while the sorting loop runs),
++1 status bits (1 online, 2 ready: the line's health),
 +2 last item id (low 16 bits), +3 last bin output. Coils outside
 [coil_base, coil_base + coil_count) are never written. Every request has a timeout; a lost
 link marks the driver unhealthy, the daemon's health goes not-ready, and reconnection
@@ -37,6 +38,7 @@ class ModbusActuator(Actuator):
         self._online = False
         self._backoff, self._next_attempt = 0.5, 0.0
         self._beat = 0
+        self._loop_at, self._loop_ready = float("-inf"), False
         self._stop = threading.Event()
         self._connect()
         self._thread = threading.Thread(target=self._heartbeat, name="modbus-heartbeat", daemon=True)
@@ -116,10 +118,17 @@ class ModbusActuator(Actuator):
         raise IOError(f"modbus: coils on {self.cfg.host}:{self.cfg.port or 502} not confirmed off (PLC unreachable)")
 
     # -- heartbeat -----------------------------------------------------------------------
+    def alive(self, ready: bool) -> None:
+        self._loop_at, self._loop_ready = time.monotonic(), ready
+
     def _heartbeat(self) -> None:
+        """Toggle the heartbeat only while the sorting loop makes progress (a hung loop stops it,
+        and the PLC's watchdog drops the outputs); the status bits mirror the line's health."""
         while not self._stop.wait(self.cfg.heartbeat_s):
+            if time.monotonic() - self._loop_at > 2 * self.cfg.heartbeat_s:
+                continue
             self._beat ^= 1
-            status = ONLINE | READY
+            status = ONLINE | (READY if self._loop_ready else 0)
             self._request(self.client.write_registers, self.cfg.register_base, [self._beat, status])
 
     def close(self) -> None:

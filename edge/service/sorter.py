@@ -122,6 +122,7 @@ class Sorter:
             self._watch_links()
             self._watch_camera()
             self._notify_ready()
+            self._report_alive()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
 
@@ -147,6 +148,11 @@ class Sorter:
             self.audit.event("link_lost", {"actuator": actuator.name, "dropped_ejections": dropped})
             log.error("%s: link lost: %d pending ejection(s) dropped, outputs off, not ready", actuator.name, dropped)
         self._links_ok = all(a.healthy() for a in self.actuators if a.fires)
+
+    def _report_alive(self) -> None:
+        ready = self.health()[0]
+        for actuator in self.actuators:
+            actuator.alive(ready)
 
     def _watch_camera(self) -> None:
         """A camera that stops delivering good frames (gone, frozen, another resolution): event, counter."""
