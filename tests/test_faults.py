@@ -11,10 +11,13 @@ import time
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from edge.config import AuditConfig
+from edge.errors import ConfigError
 from edge.service.audit import AuditLog
+from edge.service.sorter import Sorter
 from tests.conftest import (Broker, PlcServer, line_config, needs_mosquitto, run_sim, running, simulated_sorter,
                             wait_for)
 
@@ -196,3 +199,32 @@ def test_fault_a_telemetry_only_link_loss_degrades_but_sorting_goes_on(tmp_path,
     finally:
         if broker.proc.poll() is None:
             broker.stop()
+
+
+def test_fault_camera_absent_at_start_is_retried_not_fatal(tmp_path, trained_run, caplog):
+    """A camera that is not there yet: the daemon starts, is not ready, and keeps retrying with
+    backoff (before: exit 65 at once, and systemd's start limit left the service failed)."""
+    _, run = trained_run
+    config = line_config(tmp_path, run, source={"uri": "v4l2:///dev/video-absent", "read_timeout_s": 0.2,
+                                                "width": 320, "height": 160})
+    sorter = Sorter.from_config(config)
+    with running(sorter):
+        assert wait_for(lambda: sorter.capture.failed_reopens >= 3, timeout=10)
+        ready, health = sorter.health()
+        assert not ready and not health["camera_ok"] and "cannot open video source" in health["camera_error"]
+        assert sorter.capture.is_alive()
+    reopen_times = [r.created for r in caplog.records if "source reopen" in r.getMessage()]
+    gaps = [b - a for a, b in zip(reopen_times, reopen_times[1:])]
+    assert gaps and gaps[-1] > gaps[0]                                   # backing off, not spinning
+    file_config = line_config(tmp_path / "f", run, source={"uri": "file:///no/such/video.avi"})
+    with pytest.raises(ConfigError, match="source.uri: cannot open video source"):
+        Sorter.from_config(file_config)                                  # a wrong file path is a config error
+
+
+def test_fault_missing_tls_ca_file_is_a_config_error_not_a_restart_loop(tmp_path, trained_run, caplog):
+    from edge.cli import main
+
+    _, run = trained_run
+    line_config(tmp_path, run, actuators=[{"type": "mqtt", "port": 1, "tls": True, "ca_file": "/no/such/ca.pem"}])
+    assert main(["run", "--config", str(tmp_path / "line.yaml")]) == 78   # before: 70, which systemd restarts
+    assert "ca_file /no/such/ca.pem does not exist" in caplog.text

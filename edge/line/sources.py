@@ -58,13 +58,22 @@ class Source(ABC):
 
 
 class OpenCVSource(Source):
-    """Video files, V4L2, CSI (GStreamer) and RTSP through cv2.VideoCapture."""
+    """Video files, V4L2, CSI (GStreamer) and RTSP through cv2.VideoCapture.
+
+    A file that cannot be opened is a configuration error. A camera that cannot be opened
+    (not plugged in yet, still booting) is not: the capture thread retries it with backoff
+    while the line reports not ready, so the service does not exhaust systemd's start limit."""
 
     def __init__(self, target, api: int, cfg: SourceConfig, finite: bool):
         self.target, self.api, self.cfg, self.finite = target, api, cfg, finite
         self.seq, self.bad_frames = 0, 0
         self.cap = None
-        self.reopen()
+        try:
+            self.reopen()
+        except ImageError as exc:
+            if finite:
+                raise ConfigError(f"source.uri: {exc} (check the path)") from None
+            log.error("%s; retrying while the line is not ready", exc)
 
     def reopen(self) -> None:
         if self.cap is not None:
@@ -74,10 +83,14 @@ class OpenCVSource(Source):
         self.cap = cv2.VideoCapture(self.target, self.api, params)
         if not self.cap.isOpened():
             raise ImageError(f"cannot open video source {self.target!r}")
+        if self.api == cv2.CAP_V4L2:
+            self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not one from the driver's queue
         self.frame_count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self.finite else 0
         self._next = time.monotonic()
 
     def read(self) -> Optional[Frame]:
+        if self.cap is None or not self.cap.isOpened():
+            raise IOError(f"video source {self.target!r} is not open")
         if self.finite:  # a recording is replayed at its frame rate, as the camera delivered it
             self._next = max(self._next + 1.0 / (self.cap.get(cv2.CAP_PROP_FPS) or self.cfg.fps), time.monotonic() - 0.1)
             time.sleep(max(0.0, self._next - time.monotonic()))
@@ -144,9 +157,7 @@ def open_source(config: Config, simulator=None) -> Source:
     if uri.scheme == "folder":
         return FolderSource(Path(uri.path), cfg)
     if uri.scheme == "v4l2":
-        source = OpenCVSource(uri.path, cv2.CAP_V4L2, cfg, finite=False)
-        source.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        return source
+        return OpenCVSource(uri.path, cv2.CAP_V4L2, cfg, finite=False)
     if uri.scheme == "csi":
         return OpenCVSource(csi_pipeline(int(uri.netloc or 0), cfg), cv2.CAP_GSTREAMER, cfg, finite=False)
     if uri.scheme in ("rtsp", "rtsps"):
@@ -177,6 +188,7 @@ class CaptureThread(threading.Thread):
         self.ended = threading.Event()
         self.error: Optional[str] = None
         self._last_signature = None
+        self._read_error = ""
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -186,8 +198,10 @@ class CaptureThread(threading.Thread):
                 self.ended.set()
                 return
             except Exception as exc:  # a camera fault must not kill capture: reopen below
-                log.warning("source read failed: %s", exc)
-                frame = None
+                if str(exc) != self._read_error:
+                    log.warning("source read failed: %s", exc)
+                self._read_error, frame = str(exc), None
+                self.stop_event.wait(0.05)  # a failing device answers at once: do not spin on it
             if frame is None:
                 self.bad_frames += 1
             elif self._frozen(frame):
@@ -205,7 +219,7 @@ class CaptureThread(threading.Thread):
         self.frames += 1
         self.last_frame_at = time.monotonic()
         self._reopen_due = self.last_frame_at + self.cfg.read_timeout_s
-        self.failed_reopens, self.error, self.wrong_size = 0, None, False
+        self.failed_reopens, self.error, self.wrong_size, self._read_error = 0, None, False, ""
         self.latest = frame
         try:
             self.on_frame(frame)
@@ -244,8 +258,11 @@ class CaptureThread(threading.Thread):
         except Exception as exc:
             self.error = f"reopen failed ({exc})"
             log.error("source reopen %d failed: %s", self.failed_reopens, exc)
-            time.sleep(min(self.cfg.read_timeout_s, 1.0))
-        self._reopen_due = time.monotonic() + self.cfg.read_timeout_s
+        # Back off while nothing good comes: read_timeout_s, doubling, at most 30 s.
+        backoff = min(self.cfg.read_timeout_s * 2 ** max(self.failed_reopens - 1, 0), 30.0)
+        self._reopen_due = time.monotonic() + backoff
+        if self.failed_reopens > 1:
+            self.stop_event.wait(min(backoff, 1.0))  # a dead device answers at once: do not spin on it
 
     def stop(self) -> None:
         self.stop_event.set()

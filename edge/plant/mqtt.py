@@ -13,10 +13,12 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 from edge.plant.base import Actuator
 from edge.config import MqttActuatorConfig
 from edge.deps import require
+from edge.errors import ConfigError
 from edge.secrets import read_secret
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class MqttActuator(Actuator):
         if cfg.username:
             self.client.username_pw_set(cfg.username, read_secret(cfg.password_file, 'actuators: mqtt password_file') if cfg.password_file else None)
         if cfg.tls:
+            if cfg.ca_file and not Path(cfg.ca_file).is_file():
+                raise ConfigError(f"actuators: mqtt ca_file {cfg.ca_file} does not exist (the broker's CA "
+                                  f"certificate, PEM; leave it empty to use the system's CAs)")
             self.client.tls_set(ca_certs=cfg.ca_file or None)
         self.availability = f"{cfg.topic}/availability"
         self.client.will_set(self.availability, "offline", qos=1, retain=True)
