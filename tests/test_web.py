@@ -42,21 +42,24 @@ def test_operator_page(line, tmp_path):
         page.wait_for_function(f"document.getElementById('last').textContent !== {first!r}", timeout=20000)
         page.screenshot(path=str(SCREENSHOTS / "live.png"))
 
-        # Classify an uploaded image: class, confidence and top-3.
+        # Without the token, classify and the controls are refused, and say why.
         image = sorted((run.parent / "data" / "glass").glob("*.jpg"))[0]
         page.set_input_files("#files", str(image))
+        page.click("#classify")
+        page.wait_for_selector(".result .error", timeout=15000)
+        assert "token" in page.text_content(".result .error")
+        page.click("#pause")
+        page.wait_for_selector("#control-msg.error", timeout=5000)
+        assert "token" in page.text_content("#control-msg")
+        assert sorter.controls.state() == (False, None)
+
+        # With it: classify an uploaded image (class, confidence and top-3), pause and resume.
+        page.fill("#token", "s3cret-token")
         page.click("#classify")
         page.wait_for_selector(".result .label", timeout=15000)
         assert page.text_content(".result .label") in CLASSES
         assert page.text_content(".result .top3").count("%") == 3
         page.screenshot(path=str(SCREENSHOTS / "classify.png"))
-
-        # A control action without the token is refused; with it, it works.
-        page.click("#pause")
-        page.wait_for_selector("#control-msg.error", timeout=5000)
-        assert "token" in page.text_content("#control-msg")
-        assert sorter.controls.state() == (False, None)
-        page.fill("#token", "s3cret-token")
         page.click("#pause")
         page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting paused'")
         assert sorter.controls.state()[0] is True

@@ -81,11 +81,14 @@ def test_malformed_requests_get_4xx(web):
     assert status(base + "/api/control", b"[1, 2]", token)[0] == 400
     assert status(base + "/api/control", b'{"action": "explode"}', token)[0] == 400
     assert status(base + "/api/review/abc", b"{}", token)[0] == 404
-    assert status(base + "/api/classify", b"not an image")[0] == 400
+    assert status(base + "/api/classify", b"not an image", token)[0] == 400
+    assert status(base + "/captures/%00", method="GET")[0] in (400, 404)      # answered, not dropped
+    assert status(base + "/api/review/1%00", b"{}", token)[0] in (400, 404)
     assert status(base + "/api/control", method="GET")[0] == 405
     assert b" 400 " in raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")[:20]
     assert b" 400 " in raw(port, b"NONSENSE\r\n\r\n")[:20]
-    assert b" 411 " in raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\n\r\n")[:20]
+    assert b" 411 " in raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nX-Scrapsort-Token: " + TOKEN.encode()
+                           + b"\r\n\r\n")[:20]
     endless_head = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000)  # never buffered whole
     assert endless_head[9:12] in (b"400", b"431"), endless_head[:40]
     assert sorter.health()[0]  # nothing of this disturbed the line
@@ -94,7 +97,8 @@ def test_malformed_requests_get_4xx(web):
 def test_oversized_upload_is_refused_before_reading(web):
     _, port = web
     started = time.monotonic()
-    reply = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    reply = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nX-Scrapsort-Token: " + TOKEN.encode()
+                + b"\r\nContent-Length: 999999999\r\n\r\n")
     assert b" 413 " in reply[:20] and time.monotonic() - started < 2  # answered without waiting for the body
 
 
@@ -104,7 +108,8 @@ def test_idle_and_slow_clients_are_dropped(web):
     assert raw(port, b"") == b""                                        # connected, sent nothing: closed
     assert raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n") == b""           # a head that never ends: closed
     assert time.monotonic() - started < 3
-    slow_body = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    slow_body = raw(port, b"POST /api/classify HTTP/1.1\r\nHost: x\r\nX-Scrapsort-Token: " + TOKEN.encode()
+                    + b"\r\nContent-Length: 1000\r\n\r\nabc")
     assert b" 408 " in slow_body[:20]                                   # a body that never comes: 408
 
 
@@ -136,3 +141,39 @@ def test_token_file_errors_name_the_key_being_read(tmp_path, trained_run):
     with pytest.raises(ConfigError, match=r"^web.token_file: .* chmod 600") as err:
         simulated_sorter(config)
     assert "password_file" not in str(err.value)
+
+
+def test_fault_classify_and_controls_need_the_token_and_the_page_is_view_only_without_one(tmp_path, trained_run):
+    """Before: /api/classify needed no token, and with no token configured (the example
+    config) a cross-site text/plain form post could pause the line or force every item into
+    one bin."""
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 20}, web={"port": free_port()})   # no token_file
+    sorter = simulated_sorter(config)
+    image = next((run.parent / "data" / "glass").glob("*.jpg")).read_bytes()
+    with running(sorter):
+        base = f"http://127.0.0.1:{sorter.web.port}"
+        assert status(base + "/api/status")[0] == 200                               # the view works
+        for body, kind in ((b'{"action": "pause"}', "text/plain"), (b'{"action": "force", "bin": "trash"}',
+                                                                   "application/json")):
+            code, reply = status(base + "/api/control", body, {"Content-Type": kind})
+            assert code == 403 and b"view-only" in reply
+        assert status(base + "/api/classify", image)[0] == 403
+        assert sorter.controls.state() == (False, None)
+
+
+def test_fault_an_image_bomb_is_refused_from_its_header(web):
+    """A 12000x12000 PNG is a few hundred kB on the wire and 430 MB decoded: refused before decoding."""
+    import io
+    import resource
+
+    from PIL import Image
+
+    _, port = web
+    buffer = io.BytesIO()
+    Image.new("L", (12000, 12000)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < 1_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, reply = status(f"http://127.0.0.1:{port}/api/classify", buffer.getvalue(), {"X-Scrapsort-Token": TOKEN})
+    assert code == 400 and b"megapixels" in reply
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000     # kB: nothing was decoded

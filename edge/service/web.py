@@ -2,7 +2,9 @@
 
 The live view encodes the newest frame at `preview_fps` for each viewer: preview frames are
 dropped, sorting frames never wait. Control actions (pause, resume, force a bin, relabel)
-need the configured token; binding anywhere but loopback without one is refused at start.
+and classification need the configured token (without one the page is view-only); binding
+anywhere but loopback without one is refused at start. Uploads are checked for size and
+pixel count before they are decoded.
 Capture names are resolved inside the captures folder only. Classification runs on the
 page's own backend instance, at most CLASSIFY_WORKERS at a time.
 """
@@ -33,6 +35,7 @@ from edge.vision.images import decode_image
 
 PAGE = Path(__file__).with_name("webui.html")
 MAX_UPLOAD = 20 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000  # a 12000x12000 upload would need 430 MB decoded
 MAX_CONTROL = 4096
 CLASSIFY_WORKERS = 2
 
@@ -78,7 +81,7 @@ class OperatorWeb:
         from edge.vision.backends import open_backend
         from edge.vision.predict import Classifier
 
-        image = decode_image(data, "upload")
+        image = decode_image(data, "upload", max_pixels=MAX_UPLOAD_PIXELS)
         with self._classify_lock:  # its own backend instance: the sorting loop's buffers stay its own
             if self._classifier is None:
                 self._classifier = Classifier(open_backend(self.sorter.model.path))
@@ -138,11 +141,14 @@ class OperatorWeb:
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
         return data.tobytes() if ok else None
 
-    def authorised(self, request: Request) -> bool:
+    def require_token(self, request: Request) -> None:
+        """Every action that changes the line or costs inference needs the token, sent in a
+        header a cross-site form cannot set. Without web.token_file the page is view-only."""
         if self.token is None:
-            return True
+            raise PermissionError("view-only: set web.token_file to enable classify and the controls")
         given = request.headers.get("X-Scrapsort-Token", "")
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise PermissionError("this action needs the operator token")
 
     # -- HTTP ------------------------------------------------------------------------------
     def app(self):
@@ -170,13 +176,13 @@ class OperatorWeb:
         return FileResponse(self.capture_path(request.path_params["name"]), media_type="image/jpeg")
 
     async def _classify(self, request: Request):
+        self.require_token(request)
         body = await read_body(request, MAX_UPLOAD)
         async with self._classify_slots:
             return JSONResponse(await run_in_threadpool(self.classify, body))
 
     async def _json_action(self, request: Request) -> dict:
-        if not self.authorised(request):
-            raise PermissionError("this action needs the operator token")
+        self.require_token(request)
         try:
             data = json.loads(await read_body(request, MAX_CONTROL) or b"{}")
         except json.JSONDecodeError:

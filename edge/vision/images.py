@@ -6,11 +6,14 @@ images are converted to 8-bit BGR so every later stage sees one format.
 """
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
+import PIL.Image
 
 from edge.errors import ImageError
 
@@ -30,9 +33,28 @@ def check_complete(data: bytes, name: str) -> None:
         raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Encoded bytes -> BGR uint8 HxWx3, or ImageError with the reason."""
+def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse an image whose header announces more than max_pixels, before decoding it: a small
+    compressed file can unpack to gigabytes (a decompression bomb)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)  # the check below decides
+            with PIL.Image.open(io.BytesIO(data)) as header:  # reads the header only
+                width, height = header.size
+    except PIL.Image.DecompressionBombError:
+        raise ImageError(f"{name}: more than {max_pixels / 1e6:.0f} megapixels") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: not a readable image ({exc})") from None
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} is more than {max_pixels / 1e6:.0f} megapixels")
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: Optional[int] = None) -> np.ndarray:
+    """Encoded bytes -> BGR uint8 HxWx3, or ImageError with the reason. With max_pixels (for
+    untrusted uploads), the size is checked from the header before anything is decoded."""
     check_complete(data, name)
+    if max_pixels is not None:
+        check_pixels(data, name, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{name}: not a decodable image")
