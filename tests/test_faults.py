@@ -228,3 +228,23 @@ def test_fault_missing_tls_ca_file_is_a_config_error_not_a_restart_loop(tmp_path
     line_config(tmp_path, run, actuators=[{"type": "mqtt", "port": 1, "tls": True, "ca_file": "/no/such/ca.pem"}])
     assert main(["run", "--config", str(tmp_path / "line.yaml")]) == 78   # before: 70, which systemd restarts
     assert "ca_file /no/such/ca.pem does not exist" in caplog.text
+
+
+def test_fault_jpeg_truncation_is_decided_by_decoding(tmp_path):
+    """Before: a cut JPEG with an end marker appended passed the marker check, and a valid JPEG
+    with bytes after its end marker was refused."""
+    import cv2
+
+    from edge.errors import ImageError
+    from edge.vision.images import decode_image
+
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (240, 320, 3)).astype(np.uint8), (15, 15), 5)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        decode_image(data[: len(data) // 2] + b"\xff\xd9", "cut.jpg")
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        decode_image(data[: len(data) // 2], "cut.jpg")
+    padded = decode_image(data + b"\x00" * 2000 + b"camera firmware trailer", "padded.jpg")
+    assert padded.shape == (240, 320, 3) and np.array_equal(padded, decode_image(data, "whole.jpg"))
+    grey = decode_image(cv2.imencode(".jpg", image[:, :, 0])[1].tobytes(), "grey.jpg")
+    assert grey.shape == (240, 320, 3)

@@ -14,23 +14,39 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 import PIL.Image
+import simplejpeg
 
 from edge.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_JPEG_SOI = b"\xff\xd8"
 _PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 _MIN_SIDE = 8
 
 
 def check_complete(data: bytes, name: str) -> None:
-    """Raise ImageError when a JPEG/PNG stream is empty or cut short."""
+    """Raise ImageError when a PNG stream is empty or cut short (JPEGs: see _decode_jpeg)."""
     if not data:
         raise ImageError(f"{name}: empty file")
-    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-1024:].rstrip(b"\x00\r\n "):
-        raise ImageError(f"{name}: truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_SIGNATURE) and _PNG_IEND not in data[-16:]:
         raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
+
+
+def _decode_jpeg(data: bytes, name: str) -> Optional[np.ndarray]:
+    """Decode a JPEG completely with libjpeg-turbo in strict mode, which reports what OpenCV only
+    warns about: a scan that ends early, even with an end marker appended. Trailing bytes after
+    a complete image are fine. None when this decoder does not support the file's kind."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as exc:
+        reason = str(exc)
+        if "unsupported" in reason.lower():
+            return None  # valid, but not for this decoder: OpenCV's turn
+        if "premature end" in reason.lower():
+            raise ImageError(f"{name}: truncated JPEG ({reason})") from None
+        if "corrupt jpeg data" in reason.lower():
+            raise ImageError(f"{name}: corrupt JPEG ({reason})") from None
+        raise ImageError(f"{name}: truncated JPEG or broken header ({reason})") from None
 
 
 def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
@@ -55,6 +71,9 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: Optional[int] =
     check_complete(data, name)
     if max_pixels is not None:
         check_pixels(data, name, max_pixels)
+    image = _decode_jpeg(data, name) if data.startswith(_JPEG_SOI) else None
+    if image is not None:
+        return to_bgr8(image, name)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(f"{name}: not a decodable image")
