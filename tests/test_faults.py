@@ -248,3 +248,44 @@ def test_fault_jpeg_truncation_is_decided_by_decoding(tmp_path):
     assert padded.shape == (240, 320, 3) and np.array_equal(padded, decode_image(data, "whole.jpg"))
     grey = decode_image(cv2.imencode(".jpg", image[:, :, 0])[1].tobytes(), "grey.jpg")
     assert grey.shape == (240, 320, 3)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 6 MiB tmpfs, for what a full disk does (mounting needs root, which `make test` in CI has)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_fault_full_disk_pauses_captures_first_and_every_decision_is_still_logged(tiny_disk, tmp_path, trained_run):
+    """Before: captures filled the disk, then the decision log died ('database or disk is full')."""
+    _, run = trained_run
+    (tiny_disk / "filler").write_bytes(b"\0" * (2 * 2**20))    # the rest of the plant's disk use
+    config = line_config(tmp_path, run, run_dir=str(tiny_disk / "line"), simulator={"items": 12},
+                         decision={"threshold": 1.0},            # every item low confidence: every crop captured
+                         audit={"reserve_free_mb": 1.2, "captures_quota_mb": 100})
+    sorter = simulated_sorter(config)
+    noise = np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)   # ~700 kB per JPEG
+    original = sorter.process
+
+    def process(obs):
+        obs.crop = noise                                     # incompressible crops fill the disk quickly
+        return original(obs)
+
+    sorter.process = process
+    sorter.run_to_end()
+    with sqlite3.connect(str(tiny_disk / "line" / "audit.db")) as db:
+        assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 12   # nothing lost
+        assert db.execute("SELECT count(*) FROM events WHERE kind = 'captures_paused'").fetchone()[0] == 1
+    captures = list((tiny_disk / "line" / "captures").rglob("*.jpg"))
+    assert 0 < len(captures) < 12 and sorter.audit.captures.skipped == 12 - len(captures)
+    health = sorter.health()[1]
+    assert "captures paused" in health["captures"] and sorter.audit.problem is None and sorter.audit.bad_rows == 0
+    assert sorter.telemetry.registry.get_sample_value("scrapsort_captures_paused") == 1

@@ -12,6 +12,8 @@ class AuditConfig(Section):
     db: Str = Field("", description="default <run_dir>/audit.db")
     captures_dir: Str = Field("", description="default <run_dir>/captures")
     captures_quota_mb: Float = Field(500.0, ge=0)
+    reserve_free_mb: Float = Field(200.0, ge=0, description="captures pause while the disk has less free space "
+                                                            "than this: the decision log keeps its room")
     sample_rate: Float = Field(0.02, ge=0, le=1, description="share of confident items also saved, for spot checks")
     max_db_mb: Float = Field(200.0, gt=0)
     max_age_days: Float = Field(90.0, gt=0)

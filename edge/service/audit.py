@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -71,30 +72,45 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class CaptureStore:
-    """JPEGs for re-labelling, in <dir>/<class>/, oldest deleted beyond the quota."""
+    """JPEGs for re-labelling, in <dir>/<class>/, oldest deleted beyond the quota.
 
-    def __init__(self, folder: Path, quota_mb: float):
+    The decision log comes first: while the disk has less free space than `reserve` (its
+    room), captures pause (counted, said in health) and resume once space is back."""
+
+    def __init__(self, folder: Path, quota_mb: float, reserve_mb: float = 0.0):
         self.folder, self.quota = folder, int(quota_mb * 1024 * 1024)
+        self.reserve = int(reserve_mb * 1024 * 1024)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.disabled_reason: Optional[str] = None
+        self.skipped = 0
         self.used = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
 
     def save(self, image: np.ndarray, label: str, item_id: str) -> Optional[str]:
-        if self.disabled_reason:
-            return None
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         if not ok:
             return None
         target = self.folder / label / f"{time.strftime('%Y%m%d-%H%M%S')}-{item_id}.jpg"
         try:
             self._make_room(len(data))
+            free = shutil.disk_usage(self.folder).free
+            if free - len(data) < self.reserve:
+                return self._skip(f"captures paused: {free / 2**20:.1f} MiB free, below the "
+                                  f"{self.reserve / 2**20:.0f} MiB kept for the decision log")
             atomic_write(target, data.tobytes())
         except OSError as exc:  # disk full or read-only: keep sorting, stop capturing, raise the alarm
-            self.disabled_reason = f"captures stopped: {exc.strerror or exc}"
-            log.error("%s (%s)", self.disabled_reason, target)
-            return None
+            return self._skip(f"captures stopped: {exc.strerror or exc}")
+        if self.disabled_reason:
+            log.info("captures resumed")
+        self.disabled_reason = None
         self.used += len(data)
         return str(target.relative_to(self.folder))
+
+    def _skip(self, reason: str) -> None:
+        if reason.split(":")[0] != (self.disabled_reason or "").split(":")[0]:
+            log.error("%s", reason)
+        self.disabled_reason = reason
+        self.skipped += 1
+        return None
 
     def _make_room(self, size: int) -> None:
         if self.used + size <= self.quota:
@@ -113,7 +129,7 @@ class AuditLog(threading.Thread):
         self.path = Path(cfg.db) if cfg.db else run_dir / "audit.db"
         self.db = connect(self.path)
         self.captures = CaptureStore(Path(cfg.captures_dir) if cfg.captures_dir else run_dir / "captures",
-                                     cfg.captures_quota_mb)
+                                     cfg.captures_quota_mb, cfg.reserve_free_mb)
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=10000)
         self.committed = self.bad_rows = self.dropped = 0
         self.error: Optional[str] = None

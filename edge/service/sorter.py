@@ -48,6 +48,7 @@ class Sorter:
         self.started = self._ready_sent = False
         self._links_ok = self._camera_was_ok = True
         self._link_state: Dict[int, bool] = {}
+        self._captures_reason: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: Config, simulator: Optional[SimulatedConveyor] = None,
@@ -123,6 +124,7 @@ class Sorter:
             self._watch_camera()
             self._notify_ready()
             self._report_alive()
+            self._watch_captures()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
 
@@ -148,6 +150,15 @@ class Sorter:
             self.audit.event("link_lost", {"actuator": actuator.name, "dropped_ejections": dropped})
             log.error("%s: link lost: %d pending ejection(s) dropped, outputs off, not ready", actuator.name, dropped)
         self._links_ok = all(a.healthy() for a in self.actuators if a.fires)
+
+    def _watch_captures(self) -> None:
+        """Captures paused (disk at its reserve) or back: an event, a gauge; sorting goes on."""
+        reason = self.audit.captures.disabled_reason
+        if (reason is None) == (self._captures_reason is None):
+            return
+        self._captures_reason = reason
+        self.telemetry.captures_paused.set(0 if reason is None else 1)
+        self.audit.event("captures_resumed" if reason is None else "captures_paused", {"reason": reason})
 
     def _report_alive(self) -> None:
         ready = self.health()[0]
@@ -266,7 +277,8 @@ class Sorter:
                    "actuators_ok": actuators_ok, "degraded_links": degraded, "input_faults": input_faults,
                    "paused": paused,
                    "forced_bin": forced, "model": self.model.path, "precision": self.model.precision,
-                   "captures": self.audit.captures.disabled_reason or "ok"}
+                   "captures": self.audit.captures.disabled_reason or "ok",
+                   "captures_skipped": self.audit.captures.skipped}
         return details["ready"], details
 
     def all_off(self) -> None:

@@ -43,6 +43,9 @@ class Telemetry:
         self.link_faults = counter("link_faults", "times an actuator link (PLC, broker) was lost")
         self.camera_faults = counter("camera_faults", "times the camera stopped delivering good frames "
                                                       "(gone, frozen, another resolution)")
+        self.captures_paused = Gauge("captures_paused", "1 while review captures are paused (disk below its "
+                                     "reserve, or unwritable): decisions are still logged",
+                                     namespace="scrapsort", registry=self.registry)
         self.frame_age = Gauge("frame_age_seconds", "age of the last observation when inference started",
                                namespace="scrapsort", registry=self.registry)
         self.stage_latency = Histogram("stage_latency_seconds", "per-stage latency", ["stage"], namespace="scrapsort",
