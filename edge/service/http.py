@@ -27,6 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from edge.service.telemetry import CONTENT_TYPE, Telemetry
 
 log = logging.getLogger(__name__)
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines, twice per run, say nothing
 HEADER_TIMEOUT_S = 5.0
 BODY_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
