@@ -274,3 +274,55 @@ class Broker:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+class BlackHoleProxy:
+    """A TCP proxy on loopback that can go silent: while `silent` is set it reads both ways and
+    forwards nothing (a link that dies mid-route: no RST, no FIN, just nothing)."""
+
+    def __init__(self, target_port: int):
+        self.target, self.silent, self._stop = target_port, threading.Event(), threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self._sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source, target):
+        import select
+
+        while not self._stop.is_set():
+            try:
+                if not select.select([source], [], [], 0.2)[0]:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not self.silent.is_set():
+                    target.sendall(data)
+            except OSError:
+                break
+        for sock in (source, target):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop.set()
+        self.listener.close()
+        for sock in self._sockets:
+            sock.close()

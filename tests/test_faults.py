@@ -289,3 +289,55 @@ def test_fault_full_disk_pauses_captures_first_and_every_decision_is_still_logge
     health = sorter.health()[1]
     assert "captures paused" in health["captures"] and sorter.audit.problem is None and sorter.audit.bad_rows == 0
     assert sorter.telemetry.registry.get_sample_value("scrapsort_captures_paused") == 1
+
+
+@needs_mosquitto
+def test_fault_mqtt_eject_commands_are_never_delivered_stale(tmp_path):
+    """Behind a link that goes silent, the driver notices within the acknowledgement budget and
+    no command published into the silence is ever delivered, however long the link takes to
+    come back. Before: healthy for seconds (keepalive), then paho re-sent them, seconds late."""
+    import paho.mqtt.client as paho
+
+    from edge.config import MqttActuatorConfig
+    from edge.plant.mqtt import MqttActuator
+    from tests.conftest import BlackHoleProxy
+
+    broker = Broker(tmp_path).start()
+    proxy = BlackHoleProxy(broker.port)
+    arrivals = []
+    listener = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    listener.on_connect = lambda c, u, f, r, p: c.subscribe("scrapsort/line1/eject", qos=1)
+    listener.on_message = lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload)))
+    listener.connect("127.0.0.1", broker.port)
+    listener.loop_start()
+    actuator = MqttActuator(MqttActuatorConfig(type="mqtt", port=proxy.port, commands=True, command_valid_ms=200,
+                                               command_ack_ms=250, keepalive_s=10), max_pulse_s=0.1)
+    delivered = lambda: [payload.get("item_id") for _, payload in arrivals]  # noqa: E731
+    try:
+        assert actuator.healthy() and wait_for(lambda: listener.is_connected(), timeout=5)
+        time.sleep(0.3)
+        actuator.pulse(1, 0.03, "000001")
+        assert wait_for(lambda: "000001" in delivered(), timeout=2)
+        proxy.silent.set()
+        silent_at = time.monotonic()
+        for item in ("000002", "000003", "000004"):
+            try:
+                actuator.pulse(1, 0.03, item)
+            except IOError:
+                pass                                                      # already known to be down: refused
+            time.sleep(0.1)
+        assert wait_for(lambda: not actuator.healthy(), timeout=1.0)
+        assert time.monotonic() - silent_at < 1.5                         # noticed within the budget, not keepalive
+        time.sleep(5.0)
+        proxy.silent.clear()
+        assert wait_for(actuator.healthy, timeout=20), "no reconnect once the link is back"
+        actuator.pulse(1, 0.03, "000005")
+        assert wait_for(lambda: "000005" in delivered(), timeout=2)
+        time.sleep(1.0)
+        assert not {"000002", "000003", "000004"} & set(delivered())     # never delivered, not even late
+        assert all(arrived <= payload["valid_until"] for arrived, payload in arrivals if "item_id" in payload)
+    finally:
+        actuator.close()
+        listener.loop_stop()
+        proxy.close()
+        broker.stop()

@@ -58,6 +58,11 @@ class MqttActuatorConfig(_Peer):
     tls: Bool = False
     ca_file: Str = ""
     commands: Bool = Field(False, description="also publish ejection commands for a downstream controller")
+    command_valid_ms: Float = Field(50.0, gt=0, le=60000, description="an eject command's validity (valid_until); "
+                                                                      "never delivered later (v5 expiry, no re-send)")
+    command_ack_ms: Float = Field(250.0, gt=0, le=10000, description="no broker acknowledgement within this: the "
+                                                                     "link is presumed dead, the session dropped")
+    keepalive_s: Int = Field(5, ge=1, le=600)
 
     def output_count(self) -> Optional[int]:
         return None
