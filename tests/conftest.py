@@ -294,9 +294,11 @@ class BlackHoleProxy:
         while not self._stop.is_set():
             try:
                 client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
             except socket.timeout:
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # closed, or the broker is gone: the proxy's work is over
+                return
             self._sockets += [client, upstream]
             for source, target in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
