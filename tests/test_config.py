@@ -21,7 +21,7 @@ def test_shipped_configs_load():
         assert config.classes and config.source_file == str(path)
 
 
-def test_defaults_fill_missing_sections(tmp_path):
+def test_missing_sections_are_filled_in(tmp_path):
     config = load_config(write(tmp_path, "classes: [a, b]\n"))
     assert config.classes == ("a", "b")
     assert config.model.backbone == "efficientnet_lite0"
@@ -120,3 +120,24 @@ def test_shipped_json_schema_is_current_and_describes_the_config(capsys):
             if m.get("title", "").endswith("ActuatorConfig") and "type" in m.get("properties", {})}
     assert tags == {"simulated", "gpio", "modbus", "mqtt"}
     assert main(["config", "schema"]) == 0 and json.loads(capsys.readouterr().out) == schema
+
+
+def test_fault_values_once_accepted_are_refused_with_exit_78(tmp_path, caplog):
+    """Each of these loaded before (or crashed later with exit 70, which systemd restarts)."""
+    cases = {
+        "decision:\n  threshold: 0.9\ndecision:\n  threshold: 0.5\n": "duplicate key 'decision'",
+        "actuators:\n  - {type: modbus, coil_count: 4}\ndecision:\n  ejectors:\n    - {bin: glass, position_mm: 500, output: 6}\n":
+            "has 4 outputs",
+        "source:\n  fps: 0\n": "'source.fps' must be > 0",
+        "actuators:\n  - {type: mqtt, qos: 7}\n": "'actuators[0].qos' must be 0, 1 or 2",
+        "line:\n  max_frame_age_ms: -5\n": "'line.max_frame_age_ms' must be > 0",
+        "audit:\n  sample_rate: 5\n": "'audit.sample_rate' must be <= 1",
+        "decision:\n  max_pulse_ms: .inf\n": "'decision.max_pulse_ms' must be a finite number",
+        "web:\n  bind: localhost\n": "'web.bind' must be an IP address",
+        "observability:\n  port: 70000\n": "'observability.port' must be <= 65535",
+        "actuators:\n  - {type: modbus, heartbeat_s: 0}\n": "'actuators[0].heartbeat_s' must be >= 0.05",
+    }
+    for text, message in cases.items():
+        caplog.clear()
+        assert main(["config", "check", str(write(tmp_path, text))]) == 78, text
+        assert message in caplog.text, (message, caplog.text)
