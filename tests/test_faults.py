@@ -341,3 +341,37 @@ def test_fault_mqtt_eject_commands_are_never_delivered_stale(tmp_path):
         listener.loop_stop()
         proxy.close()
         broker.stop()
+
+
+def test_fault_items_inference_cannot_keep_up_with_are_counted_and_logged(tmp_path, trained_run):
+    """Inference far slower than the belt: the oldest waiting items are dropped, never decided
+    late; each one is counted and has its own audit event, so no item leaves without a trace."""
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 20, "processing_jitter_ms": [1000, 1000]},
+                         line={"max_frame_age_ms": 60000})
+    sorter, sim, summary = run_sim(config)
+    assert summary["dropped"] > 0
+    assert summary["decisions"] + summary["dropped"] + summary["stale_skipped"] == len(sim.items)
+    with sqlite3.connect(str(sorter.audit.path)) as db:
+        events = [json.loads(d) for (d,) in db.execute("SELECT detail FROM events WHERE kind = 'item_unclassified'")]
+        decided = {r[0] for r in db.execute("SELECT item_id FROM decisions")}
+    assert len(events) == summary["dropped"] and {e["reason"] for e in events} == {"inference behind"}
+    assert not {e["item_id"] for e in events} & decided
+
+
+def test_sigterm_with_valves_open_ends_with_every_coil_off(tmp_path, trained_run, plc):
+    from pymodbus.client import ModbusTcpClient
+
+    _, run = trained_run
+    line_config(tmp_path, run, simulator={"items": 60},
+                actuators=[{"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
+    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(tmp_path / "line.yaml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: any(w["fn"] == "write_coil" for w in plc.writes()), timeout=30)
+    client = ModbusTcpClient("127.0.0.1", port=plc.port)
+    client.connect()
+    client.write_coils(0, [True] * 6)                       # valves open at the moment of the stop
+    client.close()
+    daemon.terminate()
+    assert daemon.wait(timeout=30) == 0
+    assert plc.coils() == [False] * 8

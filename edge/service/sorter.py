@@ -104,6 +104,7 @@ class Sorter:
                 if len(self._queue) >= QUEUE_LENGTH:
                     dropped = self._queue.popleft()
                     self.telemetry.dropped.inc()
+                    self.audit.event("item_unclassified", {"item_id": dropped.item_id, "reason": "inference behind"})
                     log.warning("inference behind: item %s dropped", dropped.item_id)
                 self._queue.append(obs)
                 self._queue_cv.notify()
@@ -237,10 +238,12 @@ class Sorter:
             return None  # pass-through bin, or sorting paused
         if not self._links_ok:
             self.telemetry.suppressed.inc()  # fail safe: no pulses while a link is down
+            self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "actuator link down"})
             return None
         target = obs.belt_mm + (ejector.position_mm - obs.x_mm)
         if self.belt.seconds_until(target) * 1000 < self.config.line.min_lead_ms:
             self.telemetry.late.inc()
+            self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "decided too late"})
             log.warning("item %s: decided too late to reach the %s ejector; not fired", obs.item_id, decision.bin)
             return None
         self.scheduler.schedule(obs.item_id, ejector.output, target, self.config.decision.pulse_ms / 1000)
@@ -248,6 +251,8 @@ class Sorter:
 
     def _stale(self, obs: Observation, now: float) -> None:
         self.telemetry.stale.inc()
+        self.audit.event("item_unclassified", {"item_id": obs.item_id, "reason": "stale frame",
+                                               "age_ms": round((now - obs.t_capture) * 1000, 1)})
         log.warning("item %s: frame %.0f ms old, skipped", obs.item_id, (now - obs.t_capture) * 1000)
         return None
 
@@ -256,6 +261,7 @@ class Sorter:
 
     def _on_late(self, item_id: str) -> None:
         self.telemetry.late.inc()
+        self.audit.event("ejection_not_fired", {"item_id": item_id, "reason": "ejector timer late"})
 
     def _on_pulse_error(self, item_id: str) -> None:
         self.telemetry.actuator_errors.inc()
