@@ -317,3 +317,35 @@ def test_several_drivers_at_once_and_one_failing(tmp_path):
     assert wait_for(lambda: len(sim.pulses) == 1, timeout=2)
     assert scheduler.errors == 1
     scheduler.stop()
+
+
+def test_modbus_last_item_registers_follow_each_pulse(plc):
+    actuator = ModbusActuator(modbus_cfg(plc.port, register_base=100), max_pulse_s=0.1)
+    actuator.pulse(2, 0.02, "000009")
+    actuator.pulse(4, 0.02, "070001")   # item ids beyond 16 bits keep their low 16 bits
+    time.sleep(0.1)
+    actuator.close()
+    last = [w["values"] for w in plc.writes() if w["fn"] == "write_registers" and w["address"] == 102]
+    assert last == [[9, 2], [70001 & 0xFFFF, 4]]
+    status = [w["values"] for w in plc.writes() if w["fn"] == "write_registers" and w["address"] == 101]
+    assert status[-1] == [0]            # closing says "not ready"
+
+
+@needs_mosquitto
+def test_mqtt_all_off_is_published_as_a_command(tmp_path):
+    from edge.plant.mqtt import MqttActuator
+
+    broker = Broker(tmp_path).start()
+    try:
+        sub = Subscriber(broker.port, topic="scrapsort/line1/eject")
+        assert wait_for(lambda: sub.client.is_connected(), timeout=5)
+        time.sleep(0.3)
+        actuator = MqttActuator(mqtt_cfg(broker.port, commands=True), max_pulse_s=0.1)
+        actuator.all_off()
+        assert wait_for(lambda: any(p.get("all_off") for p in sub.payloads("eject")), timeout=5)
+        command = next(p for p in sub.payloads("eject") if p.get("all_off"))
+        assert command["valid_until"] > command["t_wall"]
+        actuator.close()
+        sub.close()
+    finally:
+        broker.stop()

@@ -213,7 +213,7 @@ class AuditLog(threading.Thread):
         """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
         with self.db:
             self.db.execute("DELETE FROM decisions WHERE t_wall < ?", (time.time() - self.cfg.max_age_days * 86400,))
-        while self.path.stat().st_size > self.cfg.max_db_mb * 1024 * 1024:
+        while self._size() > self.cfg.max_db_mb * 1024 * 1024:
             with self.db:
                 deleted = self.db.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
                                           "ORDER BY id LIMIT 1000)").rowcount
@@ -221,6 +221,12 @@ class AuditLog(threading.Thread):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not deleted:
                 break
+
+    def _size(self) -> int:
+        """Bytes of pages in use. Not the file's size: in WAL mode new pages live in the -wal file
+        until a checkpoint, so the main file can stay tiny while the log grows."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0] - self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return pages * self.db.execute("PRAGMA page_size").fetchone()[0]
 
     # -- the review queue (operator page) ----------------------------------------------------
     def _reader(self) -> sqlite3.Connection:

@@ -1,0 +1,81 @@
+"""The audit log and the capture store on real files: quota, rotation, and atomic writes
+that survive SIGKILL."""
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from edge.config import AuditConfig
+from edge.service.audit import AuditLog, CaptureStore
+from tests.conftest import wait_for
+
+
+def noise(seed, size=200):
+    return np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
+def test_captures_stay_within_their_quota_oldest_deleted_first(tmp_path):
+    store = CaptureStore(tmp_path / "captures", quota_mb=0.3)
+    names = [store.save(noise(i), "glass", f"{i:06d}") for i in range(12)]   # ~60 kB each
+    files = sorted((tmp_path / "captures").rglob("*.jpg"), key=lambda p: p.stat().st_mtime)
+    assert sum(f.stat().st_size for f in files) <= 0.3 * 2 ** 20 and store.used <= 0.3 * 2 ** 20
+    assert 0 < len(files) < 12
+    assert [f.name for f in files] == [n.split("/")[-1] for n in names[-len(files):]]   # the newest kept
+
+
+def row(n, t_wall):
+    return {"item_id": f"{n:06d}", "t_wall": t_wall, "class": "glass", "confidence": 0.9, "top3": [], "bin": "glass",
+            "reason": "class", "x_mm": 0.0, "belt_mm": 0.0, "latency_ms": {"inference": 1.0}}
+
+
+def test_fault_decisions_are_rotated_by_age_and_by_size(tmp_path):
+    """Before: size was read from the main file, which in WAL mode stays tiny while the -wal
+    file grows, so rotation by size never happened."""
+    audit = AuditLog(AuditConfig(max_age_days=1, max_db_mb=0.1), tmp_path, "sha")
+    audit.start()
+    old = time.time() - 3 * 86400
+    for n in range(2500):
+        audit.record({**row(n, old if n < 500 else time.time()), "top3": [{"class": "glass", "confidence": 0.9}] * 3},
+                     None, False)
+    assert wait_for(lambda: audit.committed == 2500, timeout=20)
+    audit.close()
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        ages = db.execute("SELECT min(t_wall), count(*), min(id) FROM decisions").fetchone()
+    assert ages[0] > time.time() - 86400                       # nothing older than max_age_days is left
+    assert (tmp_path / "audit.db").stat().st_size <= 0.1 * 2 ** 20 * 3   # rotated every 1000 rows, file included
+    assert ages[1] < 2000 and ages[2] > 500                    # by size too, the oldest first
+
+
+WRITER = """
+import sys, numpy as np, cv2
+from pathlib import Path
+from edge.files import atomic_write
+folder = Path(sys.argv[1])
+image = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+data = cv2.imencode(".jpg", image)[1].tobytes()
+n = 0
+while True:
+    atomic_write(folder / f"{n:05d}.jpg", data)
+    n += 1
+"""
+
+
+def test_atomic_writes_leave_no_partial_file_visible_after_sigkill(tmp_path):
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    for _ in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)])
+        assert wait_for(lambda: len(list(folder.glob("*.jpg"))) > 3, timeout=20)
+        time.sleep(0.05 * _)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    visible = sorted(folder.glob("*.jpg"))
+    assert visible
+    for path in visible:                                       # every visible file is whole
+        image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape == (600, 600, 3), path
+        assert path.read_bytes().rstrip(b"\0").endswith(b"\xff\xd9"), path
