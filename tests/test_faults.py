@@ -375,3 +375,18 @@ def test_sigterm_with_valves_open_ends_with_every_coil_off(tmp_path, trained_run
     daemon.terminate()
     assert daemon.wait(timeout=30) == 0
     assert plc.coils() == [False] * 8
+
+
+def test_fault_an_item_longer_than_the_view_is_counted_unclassified(tmp_path, trained_run):
+    """The view is 400 mm of belt; 450 mm items are never wholly in it. Before: no decision,
+    no counter, no log line; now each is counted once with its reason and an audit event."""
+    _, run = trained_run
+    config = line_config(tmp_path, run, simulator={"items": 3, "item_length_mm": 450, "spacing_mm": 900})
+    sorter, sim, summary = run_sim(config)
+    assert summary["decisions"] == 0 and summary["unclassified"] == 3
+    assert sorter.telemetry.registry.get_sample_value(
+        "scrapsort_unclassified_items_total", {"reason": "too long for the view"}) == 3
+    with sqlite3.connect(str(sorter.audit.path)) as db:
+        reasons = [json.loads(d)["reason"] for (d,) in db.execute("SELECT detail FROM events WHERE kind = "
+                                                                   "'item_unclassified'")]
+    assert reasons == ["too long for the view"] * 3

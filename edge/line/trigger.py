@@ -47,8 +47,30 @@ class _SeenItems:
         return f"{self.count:06d}"
 
 
-class VisionTrigger:
+class Trigger:
+    """Turns frames into Observations; items it sees but cannot observe are kept, with the
+    reason, for take_unclassified(), so no item leaves the view without a trace."""
+
+    def __init__(self):
+        self._unclassified: List[str] = []
+        self._lock = threading.Lock()
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            self._unclassified.append(reason)
+
+    def take_unclassified(self) -> List[str]:
+        with self._lock:
+            taken, self._unclassified = self._unclassified, []
+        return taken
+
+    def close(self) -> None:
+        pass
+
+
+class VisionTrigger(Trigger):
     def __init__(self, config: Config, belt: BeltTracker):
+        super().__init__()
         self.cfg, self.line, self.belt = config.trigger, config.line, belt
         self.seen = _SeenItems(self.cfg.min_gap_mm)
         self.background: Optional[np.ndarray] = None
@@ -56,6 +78,7 @@ class VisionTrigger:
         self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
         join = max(3, int(self.cfg.join_mm / self.line.mm_per_px) | 1)
         self.join_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (join, join))
+        self._spanning = False  # an item longer than the view is in it
 
     def _roi(self, image: np.ndarray):
         h, w = image.shape[:2]
@@ -78,11 +101,14 @@ class VisionTrigger:
         # a fragment's centre would misplace the item and its ejection.
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        observations = []
+        observations, spanning = [], False
         margin = self.cfg.edge_margin_px
         for contour in contours:
             bx, by, bw, bh = cv2.boundingRect(contour)
             if bw * bh < self.cfg.min_area * rw * rh:
+                continue
+            if bx <= margin and bx + bw >= rw - margin:  # across the whole view: never fully in it
+                spanning = True
                 continue
             if bx <= margin or bx + bw >= rw - margin:  # not fully in view along the belt yet
                 continue
@@ -91,6 +117,9 @@ class VisionTrigger:
             obs = self._observation(frame, (x0 + bx, y0 + by, bw, bh))
             if obs is not None:
                 observations.append(obs)
+        if spanning and not self._spanning:
+            self._lost("too long for the view")
+        self._spanning = spanning
         return observations
 
     def _observation(self, frame: Frame, bbox) -> Optional[Observation]:
@@ -105,7 +134,7 @@ class VisionTrigger:
         return Observation(item_id, crop, bbox, x_mm, belt_mm, frame.t_capture, frame.encoder, frame.seq)
 
 
-class PhotoEyeTrigger:
+class PhotoEyeTrigger(Trigger):
     """An external beam: on its rising edge the item's leading edge is at the eye; the first
     frame that shows the whole item (by belt travel since the edge) is classified.
 
@@ -116,10 +145,11 @@ class PhotoEyeTrigger:
     POLL_S = 0.001
 
     def __init__(self, config: Config, belt: BeltTracker, beam: Callable[[], bool]):
+        super().__init__()
         self.cfg, self.line, self.belt, self.beam = config.trigger, config.line, belt, beam
         self.seen = _SeenItems(self.cfg.min_gap_mm)
         self.pending: List[float] = []   # belt positions at rising edges
-        self._lock = threading.Lock()
+        self._edges = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="photo-eye", daemon=True)
         self._thread.start()
@@ -129,7 +159,7 @@ class PhotoEyeTrigger:
         while not self._stop.wait(self.POLL_S):
             blocked = bool(self.beam())
             if blocked and not was_blocked:
-                with self._lock:
+                with self._edges:
                     self.pending.append(self.belt.position())
             was_blocked = blocked
 
@@ -142,16 +172,17 @@ class PhotoEyeTrigger:
         belt_mm = self.belt.position_at_capture(frame.t_capture, frame.encoder)
         length = self.cfg.item_length_mm
         observations = []
-        with self._lock:
+        with self._edges:
             edges = list(self.pending)
         for edge_belt in edges:
             centre = self.cfg.photo_eye_position_mm + (belt_mm - edge_belt) - length / 2
             if centre - length / 2 < -half_view:
                 continue  # not fully in view yet
-            with self._lock:
+            with self._edges:
                 self.pending.remove(edge_belt)
             if centre + length / 2 > half_view:
-                continue  # passed while no frame came: missed, never guessed
+                self._lost("passed between frames")  # missed, never guessed
+                continue
             item_id = self.seen.new(belt_mm - centre)
             if item_id is None:
                 continue

@@ -17,7 +17,8 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
     summary = {
         "decisions": t.decisions, "rejects": t.total(t.rejects), "invalid_outputs": t.total(t.invalid_outputs),
         "pulses": t.total(t.ejections),
-        "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "late_not_fired": t.total(t.late),
+        "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "unclassified": t.total(t.unclassified),
+        "late_not_fired": t.total(t.late),
         "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
     }
@@ -63,6 +64,7 @@ def format_summary(s: Dict) -> str:
              f"frames {s['frames']}, decisions {s['decisions']}, rejects (low confidence) {s['rejects']}, "
              f"invalid model output {s['invalid_outputs']}, "
              f"pulses {s['pulses']}, stale skipped {s['stale_skipped']}, dropped {s['dropped']}, "
+             f"unclassified {s['unclassified']}, "
              f"too late (not fired) {s['late_not_fired']}"]
     if "items_on_belt" in s:
         e = s["ejection_error_ms"]

@@ -99,7 +99,12 @@ class Sorter:
     # -- capture thread side ---------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         self.telemetry.frames.inc()
-        for obs in self.line.trigger.observe(frame):
+        observations = self.line.trigger.observe(frame)
+        for reason in self.line.trigger.take_unclassified():
+            self.telemetry.unclassified.labels(reason).inc()
+            self.audit.event("item_unclassified", {"reason": reason, "frame": frame.seq})
+            log.warning("an item left the view unclassified: %s", reason)
+        for obs in observations:
             with self._queue_cv:
                 if len(self._queue) >= QUEUE_LENGTH:
                     dropped = self._queue.popleft()
@@ -294,8 +299,7 @@ class Sorter:
         """Outputs off first, then everything else; safe to call after any failure."""
         self.notifier.stopping()
         self.capture.stop()
-        if hasattr(self.line.trigger, "close"):
-            self.line.trigger.close()
+        self.line.trigger.close()
         dropped = self.scheduler.clear()
         self.scheduler.stop()
         self.all_off()

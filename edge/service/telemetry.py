@@ -36,6 +36,7 @@ class Telemetry:
         self.invalid_outputs = counter("invalid_outputs", "items whose model output was NaN/Inf (reject bin)")
         self.stale = counter("stale_frames", "observations skipped as older than line.max_frame_age_ms")
         self.dropped = counter("dropped_items", "observations dropped because inference fell behind")
+        self.unclassified = counter("unclassified_items", "items seen but never observed whole, by reason", ["reason"])
         self.late = counter("late_ejections", "ejections not fired because their moment had passed")
         self.suppressed = counter("suppressed_ejections", "ejections not fired because an actuator link was down")
         self.ejections = counter("ejections", "pulses fired, by output", ["output"])

@@ -15,7 +15,7 @@ from edge.line.decision import Controls, Decider
 from edge.line.inputs import LineInputs
 from edge.line.simulator import SimulatedConveyor
 from edge.line.sources import Source, open_source
-from edge.line.trigger import PhotoEyeTrigger, VisionTrigger
+from edge.line.trigger import PhotoEyeTrigger, Trigger, VisionTrigger
 from edge.plant.base import Actuator, all_off, open_actuators
 from edge.plant.inputs import open_inputs
 from edge.service.audit import AuditLog
@@ -33,7 +33,7 @@ class Line:
     decider: Decider
     inputs: LineInputs
     belt: BeltTracker
-    trigger: object                    # VisionTrigger | PhotoEyeTrigger
+    trigger: Trigger
     actuators: List[Actuator]
     ejectors: Dict[str, EjectorConfig]  # bin -> its ejector
     audit: AuditLog
@@ -57,8 +57,7 @@ def build_line(config: Config, simulator: Optional[SimulatedConveyor] = None,
         belt = BeltTracker(config.line, inputs.encoder.count if inputs.encoder else None)
         trigger = (PhotoEyeTrigger(config, belt, inputs.photo_eye.blocked) if config.trigger.type == "photo_eye"
                    else VisionTrigger(config, belt))
-        if hasattr(trigger, "close"):
-            undo.callback(trigger.close)
+        undo.callback(trigger.close)
         if actuators is None:
             actuators = open_actuators(config.actuators, config.decision.max_pulse_ms / 1000)
             undo.callback(_close_all, actuators)
