@@ -22,7 +22,7 @@ def test_daemon_refuses_config_writable_by_others(tmp_path, trained_run, caplog)
     assert "writable by group/others" in caplog.text and "chmod go-w" in caplog.text
 
 
-def test_outputs_off_needs_no_daemon_and_never_claims_what_it_could_not_do(tmp_path, trained_run, plc, capsys):
+def test_fault_outputs_off_needs_no_daemon_and_never_claims_what_it_could_not_do(tmp_path, trained_run, plc, capsys):
     from pymodbus.client import ModbusTcpClient
 
     _, run = trained_run

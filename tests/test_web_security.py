@@ -73,7 +73,7 @@ def test_control_needs_the_token(web):
     assert code == 200 and json.loads(body)["paused"] is True and sorter.controls.state()[0] is True
 
 
-def test_malformed_requests_get_4xx(web):
+def test_fault_malformed_requests_get_4xx(web):
     sorter, port = web
     base = f"http://127.0.0.1:{port}"
     token = {"X-Scrapsort-Token": TOKEN}
@@ -102,7 +102,7 @@ def test_oversized_upload_is_refused_before_reading(web):
     assert b" 413 " in reply[:20] and time.monotonic() - started < 2  # answered without waiting for the body
 
 
-def test_idle_and_slow_clients_are_dropped(web):
+def test_fault_idle_and_slow_clients_are_dropped(web):
     _, port = web
     started = time.monotonic()
     assert raw(port, b"") == b""                                        # connected, sent nothing: closed
