@@ -359,24 +359,6 @@ def test_fault_items_inference_cannot_keep_up_with_are_counted_and_logged(tmp_pa
     assert not {e["item_id"] for e in events} & decided
 
 
-def test_sigterm_with_valves_open_ends_with_every_coil_off(tmp_path, trained_run, plc):
-    from pymodbus.client import ModbusTcpClient
-
-    _, run = trained_run
-    line_config(tmp_path, run, simulator={"items": 60},
-                actuators=[{"type": "modbus", "port": plc.port, "timeout_s": 0.3}])
-    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(tmp_path / "line.yaml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert wait_for(lambda: any(w["fn"] == "write_coil" for w in plc.writes()), timeout=30)
-    client = ModbusTcpClient("127.0.0.1", port=plc.port)
-    client.connect()
-    client.write_coils(0, [True] * 6)                       # valves open at the moment of the stop
-    client.close()
-    daemon.terminate()
-    assert daemon.wait(timeout=30) == 0
-    assert plc.coils() == [False] * 8
-
-
 def test_fault_an_item_longer_than_the_view_is_counted_unclassified(tmp_path, trained_run):
     """The view is 400 mm of belt; 450 mm items are never wholly in it. Before: no decision,
     no counter, no log line; now each is counted once with its reason and an audit event."""
