@@ -153,6 +153,16 @@ def run_sim(config):
     return sorter, sorter.line.simulator, summarize(sorter, sorter.line.simulator)
 
 
+def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
+    """Every item decided once, every ejecting decision fired once at its ejector, on time."""
+    assert summary["items_decided"] == summary["items_on_belt"]
+    assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
+    assert summary["pulses_to_wrong_output"] == 0
+    ejecting = [d for d in sorter.telemetry.recent_decisions() if d["bin"] in sorter.ejectors]
+    assert summary["pulses"] == len(ejecting) > 0  # every ejecting decision fired once, nothing else
+    assert summary["ejection_error_ms"]["max_abs"] <= tolerance_ms, summary["ejection_error_ms"]
+
+
 @contextlib.contextmanager
 def running(sorter):
     """Start the sorter, run its loop in a thread, and on the way out stop it and shut it down."""

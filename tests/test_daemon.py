@@ -4,16 +4,7 @@ import sqlite3
 
 import pytest
 
-from tests.conftest import EJECTORS, line_config, run_sim, simulated_sorter
-
-
-def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
-    assert summary["items_decided"] == summary["items_on_belt"]
-    assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
-    assert summary["pulses_to_wrong_output"] == 0
-    ejecting = [d for d in sorter.telemetry.recent_decisions() if d["bin"] in sorter.ejectors]
-    assert summary["pulses"] == len(ejecting) > 0  # every ejecting decision fired once, nothing else
-    assert summary["ejection_error_ms"]["max_abs"] <= tolerance_ms, summary["ejection_error_ms"]
+from tests.conftest import EJECTORS, check_exactly_once_and_timing, line_config, run_sim, simulated_sorter
 
 
 def test_fixed_speed_line_sorts_every_item_once_on_time(tmp_path, trained_run):

@@ -11,8 +11,7 @@ from edge.errors import ConfigError
 from edge.plant.gpio import GpioEncoder, GpioPhotoEye
 from edge.plant.modbus import ModbusEncoder
 from edge.service.report import summarize
-from tests.conftest import CLASSES, line_config, simulated_sorter, wait_for
-from tests.test_daemon import check_exactly_once_and_timing
+from tests.conftest import CLASSES, check_exactly_once_and_timing, line_config, simulated_sorter, wait_for
 
 COUNTER = 20  # first of the two holding registers the PLC keeps its belt counter in
 
