@@ -201,7 +201,7 @@ def operator_line(tmp_path, run, **web):
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    config = line_config(tmp_path, run, simulator={"items": 12, "spacing_mm": 250},
+    config = line_config(tmp_path, run, simulator={"items": 60, "spacing_mm": 250},  # ~25 s of belt: outlasts a slow browser
                          decision={"threshold": 0.99},  # a one-epoch model is unsure: items go to review
                          web={"port": free_port(), "token_file": str(token), "preview_fps": 10, **web})
     return simulated_sorter(config)
