@@ -50,7 +50,12 @@ class Actuator(ABC):
         """Told of every decision (telemetry drivers publish it); pulses come separately."""
 
     def close(self) -> None:
-        self.all_off()
+        """Outputs off, then (in the drivers) release the device. A device that cannot be reached
+        must not stop the close: it is logged, and its own watchdog has to act."""
+        try:
+            self.all_off()
+        except IOError as exc:
+            log.warning("%s", exc)
 
 
 def all_off(actuators: Sequence[Actuator]) -> List[str]:

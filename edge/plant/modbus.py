@@ -134,10 +134,7 @@ class ModbusActuator(Actuator):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        try:
-            self.all_off()
-        except IOError as exc:
-            log.warning("%s", exc)
+        super().close()
         if self._online:
             self._request(self.client.write_registers, self.cfg.register_base + 1, [0])  # not ready
         self.client.close()

@@ -171,10 +171,7 @@ class MqttActuator(Actuator):
     def close(self) -> None:
         self._stop.set()
         self._watch.join(timeout=1)
-        try:
-            self.all_off()
-        except IOError as exc:
-            log.warning("%s", exc)
+        super().close()
         if self._connected.is_set():
             self.client.publish(self.availability, "offline", qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()

@@ -14,7 +14,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import uvicorn
 from starlette.applications import Starlette
@@ -72,14 +72,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+def app(routes, errors: Optional[Dict[type, int]] = None) -> Starlette:
+    """A Starlette app whose errors are JSON, like every other answer; `errors` maps more
+    exception types to the status they answer with."""
 
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        status = next(code for kind, code in (errors or {}).items() if isinstance(exc, kind))  # subclasses too
+        return JSONResponse({"error": message}, status_code=status)
 
-def app(routes, handlers=None) -> Starlette:
-    """A Starlette app whose errors are JSON, like every other answer; `handlers` maps more
-    exception types to their handlers."""
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, **(handlers or {})})
+    return Starlette(routes=routes, exception_handlers={kind: answer for kind in [HTTPException, *(errors or {})]})
 
 
 def status_app(telemetry: Telemetry, health: Callable[[], Tuple[bool, Dict]]) -> Starlette:

@@ -82,7 +82,6 @@ class Sorter:
                 server.start()
         self.started = True
         self.audit.event("start", {"model": self.model.path, "sha256": self.model.sha256})
-        self._ready_sent = False
         self._notify_ready()
 
     def _notify_ready(self) -> None:
@@ -137,8 +136,10 @@ class Sorter:
     def _watch_links(self) -> None:
         """A lost link to an actuator that fires (PLC, eject commands): nothing pending survives,
         everything off, not ready. A lost telemetry-only link: an event and a counter, sorting goes on."""
+        links_ok = True
         for actuator in self.actuators:
             healthy, was = actuator.healthy(), self._link_state.get(id(actuator), True)
+            links_ok &= healthy or not actuator.fires
             if healthy == was:
                 continue
             self._link_state[id(actuator)] = healthy
@@ -155,7 +156,7 @@ class Sorter:
             self.all_off()
             self.audit.event("link_lost", {"actuator": actuator.name, "dropped_ejections": dropped})
             log.error("%s: link lost: %d pending ejection(s) dropped, outputs off, not ready", actuator.name, dropped)
-        self._links_ok = all(a.healthy() for a in self.actuators if a.fires)
+        self._links_ok = links_ok
 
     def _watch_captures(self) -> None:
         """Captures paused (disk at its reserve) or back: an event, a gauge; sorting goes on."""
@@ -167,7 +168,7 @@ class Sorter:
         self.audit.event("captures_resumed" if reason is None else "captures_paused", {"reason": reason})
 
     def _report_alive(self) -> None:
-        ready = self.health()[0]
+        ready = self._ready(self._checks())
         for actuator in self.actuators:
             actuator.alive(ready)
 
@@ -272,22 +273,27 @@ class Sorter:
         self.telemetry.actuator_errors.inc()
 
     # -- state -----------------------------------------------------------------------------
+    def _checks(self) -> Dict:
+        """What readiness is made of, each looked at once (the loop asks on every pass)."""
+        return {"camera_ok": self._camera_ok(),
+                "actuators_ok": all(a.healthy() for a in self.actuators if a.fires),
+                "input_faults": self.line.inputs.faults(), "audit": self.audit.problem or "ok"}
+
+    def _ready(self, checks: Dict) -> bool:
+        return self.started and checks["camera_ok"] and checks["actuators_ok"] and not checks["input_faults"] \
+            and checks["audit"] == "ok"
+
     def health(self):
+        checks = self._checks()
         age = time.monotonic() - self.capture.last_frame_at
-        camera_ok = self._camera_ok()
-        actuators_ok = all(a.healthy() for a in self.actuators if a.fires)
         degraded = [a.name for a in self.actuators if not a.fires and not a.healthy()]
-        input_faults = self.line.inputs.faults()
-        audit_problem = self.audit.problem
         paused, forced = self.controls.state()
-        ready = self.started and camera_ok and actuators_ok and not input_faults and audit_problem is None
-        details = {"ready": ready, "camera_ok": camera_ok, "audit": audit_problem or "ok",
+        details = {"ready": self._ready(checks), **checks,
                    "last_frame_age_s": round(age, 3), "camera_error": self.capture.error,
                    "bad_frames": self.capture.bad_frames, "frozen_frames": self.capture.frozen_frames,
                    "wrong_size_frames": self.capture.wrong_size_frames, "camera_reopens": self.capture.reopens,
-                   "actuators_ok": actuators_ok, "degraded_links": degraded, "input_faults": input_faults,
-                   "paused": paused,
-                   "forced_bin": forced, "model": self.model.path, "precision": self.model.precision,
+                   "degraded_links": degraded, "paused": paused, "forced_bin": forced,
+                   "model": self.model.path, "precision": self.model.precision,
                    "captures": self.audit.captures.disabled_reason or "ok",
                    "captures_skipped": self.audit.captures.skipped}
         return details["ready"], details

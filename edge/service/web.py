@@ -161,7 +161,7 @@ class OperatorWeb:
             Route("/api/classify", self._classify, methods=["POST"]),
             Route("/api/control", self._control, methods=["POST"]),
             Route("/api/review/{decision_id:int}", self._relabel, methods=["POST"]),
-        ], {ImageError: _error(400), ValueError: _error(400), KeyError: _error(404), PermissionError: _error(403)})
+        ], {ImageError: 400, ValueError: 400, KeyError: 404, PermissionError: 403})
 
     async def _page(self, request: Request):
         return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
@@ -214,9 +214,3 @@ class OperatorWeb:
         return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
                                  headers={"Cache-Control": "no-store"})
 
-
-def _error(code: int):
-    async def handler(request: Request, exc: Exception) -> JSONResponse:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        return JSONResponse({"error": message}, status_code=code)
-    return handler
