@@ -2,7 +2,8 @@
 
 Text format read by IInt8Calibrator.read_calibration_cache: a header line
 `TRT-<version code>-EntropyCalibration2`, then one `tensor: <hex>` line per tensor, where
-<hex> is the IEEE-754 float32 bits of the scale amax / 127.
+<hex> is the IEEE-754 float32 bits of the scale amax / 127. `scrapsort build` rewrites the
+header for the TensorRT that builds (jetson/calibrator.py).
 """
 from __future__ import annotations
 
@@ -12,16 +13,12 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-
-def version_code(version: str) -> int:
-    """'8.5.2' -> 8502 (NV_TENSORRT_VERSION of 8.x); '10.3.0' -> 100300 (10.x and later)."""
-    major, minor, patch = (int(p) for p in (version.split(".") + ["0", "0"])[:3])
-    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+from jetson.calibrator import header_for
 
 
 def write_cache(ranges: Dict[str, Tuple[float, float]], path: Path, trt_version: str) -> int:
     """Write the cache for tensors with a usable range; returns how many were written."""
-    lines = [f"TRT-{version_code(trt_version)}-EntropyCalibration2"]
+    lines = [header_for(trt_version)]
     for name in sorted(ranges):
         low, high = ranges[name]
         amax = float(np.max(np.abs(np.concatenate([np.ravel(low), np.ravel(high)]))))

@@ -6,6 +6,7 @@ Q/DQ nodes), builder flags only for the weakly typed 8.x networks.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,10 +15,10 @@ from edge.vision.backends.base import file_sha256
 from edge.config import Config
 from edge.errors import ConfigError, ModelError
 from edge.files import atomic_write
-from jetson import cuda
-from jetson.metadata import EngineMetadata, Runtime
+from jetson.metadata import EngineMetadata, Runtime, this_runtime
 from jetson.trt import has_strong_typing, import_tensorrt, logger, major
 
+log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
@@ -56,7 +57,8 @@ def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optio
     implicit_int8 = precision == "int8" and cfg.int8_mode == "calibration_cache"
     if implicit_int8 and major(trt) >= 11:
         raise ConfigError("engine.int8_mode: calibration_cache needs TensorRT 8.x/10.x; TensorRT "
-                          f"{trt.__version__} only builds INT8 from the Q/DQ ONNX (int8_mode: qdq)")
+                          f"{trt.__version__} only builds INT8 from the Q/DQ ONNX: set engine.int8_mode: qdq, "
+                          "then make engine PRECISION=int8")
     typed = has_strong_typing(trt) and not implicit_int8
     onnx_path = Path(onnx) if onnx else onnx_for(precision, typed, cfg.int8_mode, run_dir)
     if not onnx_path.is_file():
@@ -73,21 +75,38 @@ def build(config: Config, precision: str, onnx: Optional[str] = None, out: Optio
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
+        raise ModelError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}. Export it again "
+                         "(scrapsort export, then scrapsort calibrate for FP16/INT8) with this project's exporter")
     builder_config = _builder_config(trt, builder, network, config, precision, typed, implicit_int8)
     timing_cache = Path(cfg.timing_cache) if cfg.timing_cache else run_dir / "timing.cache"
-    cache = builder_config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    builder_config.set_timing_cache(cache, ignore_mismatch=False)
+    _use_timing_cache(builder_config, timing_cache)
 
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
-        raise ModelError(f"TensorRT failed to build {precision} from {onnx_path}; see its log above")
+        raise ModelError(f"TensorRT failed to build {precision} from {onnx_path}; the reason is in its log above. "
+                         f"To see the failing layer: trtexec --onnx={onnx_path} --verbose")
     atomic_write(target, bytes(serialized))
-    atomic_write(timing_cache, bytes(builder_config.get_timing_cache().serialize()))
     _sidecar(trt, network, onnx_path, precision, typed, cfg.dla_core).save(target)
+    cache = builder_config.get_timing_cache()
+    if cache is not None:
+        atomic_write(timing_cache, bytes(cache.serialize()))
     print(f"built {target} in {time.monotonic() - started:.0f} s (timing cache {timing_cache})")
     return target
+
+
+def _use_timing_cache(builder_config, path: Path) -> None:
+    """Reuse the tactic timings of earlier builds. A cache from another device or TensorRT
+    version is refused by TensorRT (set_timing_cache returns False and the config then has
+    none): start an empty one, which this build fills and saves over the old file."""
+    cache = builder_config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    if builder_config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    log.warning("%s: timing cache from another device or TensorRT version; starting an empty one "
+                "(this build takes longer and replaces it)", path)
+    if not builder_config.set_timing_cache(builder_config.create_timing_cache(b""), ignore_mismatch=False):
+        raise ModelError(f"TensorRT refused an empty timing cache; set engine.timing_cache to a writable new "
+                         f"file or delete {path}")
 
 
 def _network_flags(trt, typed: bool) -> int:
@@ -103,6 +122,8 @@ def _builder_config(trt, builder, network, config: Config, precision: str, typed
     cfg = config.engine
     bc = builder.create_builder_config()
     bc.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        bc.clear_flag(trt.BuilderFlag.TF32)  # on by default on Ampere/Orin: FP32 must mean FP32 here
     if not typed:  # weakly typed (TensorRT 8.x, or 10.x implicit INT8): precision by flags
         if precision in ("fp16", "int8"):
             bc.set_flag(trt.BuilderFlag.FP16)
@@ -131,11 +152,12 @@ def _builder_config(trt, builder, network, config: Config, precision: str, typed
 def _sidecar(trt, network, onnx_path: Path, precision: str, typed: bool, dla_core: int) -> EngineMetadata:
     from edge.vision.backends import open_backend
 
-    name, capability = cuda.gpu()
+    here = this_runtime(trt)
     with open_backend(onnx_path) as onnx_model:  # the ONNX metadata travels into the sidecar
         info = onnx_model.info
     return EngineMetadata(
-        tensorrt=trt.__version__, gpu=name, compute_capability=capability, precision=precision,
+        tensorrt=trt.__version__, gpu=here.gpu, compute_capability=here.compute_capability, module=here.module,
+        precision=precision,
         onnx_path=str(onnx_path), onnx_sha256=file_sha256(onnx_path),
         input_shape=list(network.get_input(0).shape), output_shape=list(network.get_output(0).shape),
         classes=list(info.classes), preprocess=info.preprocess.to_json(),
@@ -156,5 +178,4 @@ def _matches(engine: Path, onnx_path: Path) -> bool:
 
 
 def runtime() -> Runtime:
-    trt = import_tensorrt()
-    return Runtime(trt.__version__, *cuda.gpu())
+    return this_runtime(import_tensorrt())

@@ -2,7 +2,9 @@
 
 cuda-python rather than pycuda: it is NVIDIA's maintained binding (TensorRT's own samples
 use it), ships prebuilt wheels for Jetson (pycuda compiles against the local CUDA), and
-returns explicit error codes that are checked on every call here.
+returns explicit error codes that are checked on every call here. Errors are read with
+`.value` and streams are passed as objects: cuda-bindings 13 deprecates int() on its
+handles and its enums are no longer IntEnum, while the 11.x of JetPack 5 takes both.
 """
 from __future__ import annotations
 
@@ -31,9 +33,8 @@ def require() -> None:
 def check(result):
     """cuda-python returns (error, *values): raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        name = cudart.cudaGetErrorName(err)[1].decode() if cudart else str(err)
-        raise ModelError(f"CUDA error {name}")
+    if err.value != 0:
+        raise ModelError(f"CUDA error {cudart.cudaGetErrorName(err)[1].decode()}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -47,39 +48,60 @@ def gpu() -> Tuple[str, str]:
 
 
 class HostDeviceBuffer:
-    """A page-locked host array and its device twin, allocated once."""
+    """A page-locked host array and its device twin, allocated once; a context manager that
+    frees both (and frees the host half if the device half cannot be had)."""
 
     def __init__(self, shape, dtype=np.float32):
         require()
         self.nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         self._host_ptr = check(cudart.cudaMallocHost(self.nbytes))
-        raw = (ctypes.c_byte * self.nbytes).from_address(int(self._host_ptr))
+        try:
+            self.device = check(cudart.cudaMalloc(self.nbytes))
+        except ModelError:
+            check(cudart.cudaFreeHost(self._host_ptr))
+            raise
+        raw = (ctypes.c_byte * self.nbytes).from_address(self._host_ptr)
         self.host = np.frombuffer(raw, dtype=dtype).reshape(shape)
-        self.device = check(cudart.cudaMalloc(self.nbytes))
 
-    def to_device(self, stream) -> None:
+    def __enter__(self) -> "HostDeviceBuffer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    def to_device(self, stream: "Stream") -> None:
         check(cudart.cudaMemcpyAsync(self.device, self._host_ptr, self.nbytes,
-                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+                                     cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle))
 
-    def to_host(self, stream) -> None:
+    def to_host(self, stream: "Stream") -> None:
         check(cudart.cudaMemcpyAsync(self._host_ptr, self.device, self.nbytes,
-                                     cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+                                     cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle))
 
     def free(self) -> None:
         if self.device is not None:
-            check(cudart.cudaFree(self.device))
+            self.host = None  # the array must not outlive the pinned memory under it
+            device, self.device = self.device, None
+            check(cudart.cudaFree(device))
             check(cudart.cudaFreeHost(self._host_ptr))
-            self.device = None
 
 
-def new_stream():
-    require()
-    return check(cudart.cudaStreamCreate())
+class Stream:
+    """One CUDA stream; leaving the context synchronises and destroys it."""
 
+    def __init__(self):
+        require()
+        self.handle = check(cudart.cudaStreamCreate())
 
-def synchronize(stream) -> None:
-    check(cudart.cudaStreamSynchronize(stream))
+    def synchronize(self) -> None:
+        check(cudart.cudaStreamSynchronize(self.handle))
 
+    def __enter__(self) -> "Stream":
+        return self
 
-def destroy_stream(stream) -> None:
-    check(cudart.cudaStreamDestroy(stream))
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            try:
+                self.synchronize()
+            finally:
+                check(cudart.cudaStreamDestroy(self.handle))
+                self.handle = None

@@ -1,8 +1,8 @@
 """`scrapsort doctor`: what this device has and what is missing, before the line runs.
 
-Reports JetPack/L4T, TensorRT, CUDA, the CUDA binding, power mode and clocks, cameras and
-GPIO access. Changes nothing unless asked (--apply sets the maximum power mode and locks
-the clocks, which needs root).
+Reports the L4T release and its JetPack, the module, TensorRT, CUDA, the CUDA binding, power
+mode and clocks, cameras and GPIO access. Changes nothing unless asked (--apply sets the
+module's fastest power mode and locks the clocks, which needs root).
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import List, Optional, Tuple
+
+from jetson import board
 
 
 def _cmd(args: List[str]) -> Optional[str]:
@@ -34,9 +36,11 @@ def _module_version(name: str) -> Optional[str]:
 def checks() -> List[Tuple[str, bool, str]]:
     """(what, ok, detail) rows; ok=False rows say what to do."""
     rows = []
-    release = Path("/etc/nv_tegra_release")
-    l4t = release.read_text().split(",")[0].strip("# \n") if release.is_file() else None
-    rows.append(("Jetson L4T", l4t is not None, l4t or "not a Jetson (fine on x86: ONNX Runtime or TensorRT for x86)"))
+    release = board.l4t()
+    rows.append(("Jetson L4T", release is not None,
+                 release.describe() if release else "not a Jetson (fine on x86: ONNX Runtime or TensorRT for x86)"))
+    if release:
+        rows.append(("module", bool(board.module_id()), board.module_id() or "unknown: /proc/device-tree/compatible unreadable"))
     trt = _module_version("tensorrt")
     rows.append(("TensorRT", trt is not None, trt or "missing: JetPack ships it (python3-libnvinfer); needed for engines"))
     cuda_binding = _module_version("cuda.bindings") or _module_version("cuda")
@@ -46,7 +50,10 @@ def checks() -> List[Tuple[str, bool, str]]:
     ort = _module_version("onnxruntime")
     rows.append(("ONNX Runtime", ort is not None, ort or "missing (only needed to run .onnx models)"))
     power = _cmd(["nvpmodel", "-q"])
-    rows.append(("power mode", power is not None, (power or "nvpmodel not found").replace("\n", " ")))
+    top = board.top_power_mode(board.power_modes())
+    detail = (power or "nvpmodel not found").replace("\n", " ")
+    rows.append(("power mode", power is not None,
+                 detail + (f"; fastest here: {top.id} ({top.name}), `scrapsort doctor --apply` sets it" if top else "")))
     clocks = _cmd(["jetson_clocks", "--show"])
     rows.append(("clocks", clocks is not None, "jetson_clocks available" if clocks else "jetson_clocks not found"))
     cameras = sorted(str(p) for p in Path("/dev").glob("video*"))
@@ -64,9 +71,16 @@ def checks() -> List[Tuple[str, bool, str]]:
 
 
 def apply_performance() -> List[str]:
-    """Maximum power mode and locked clocks (steady latency). Needs root on a Jetson."""
-    done = []
-    for args in (["nvpmodel", "-m", "0"], ["jetson_clocks"]):
+    """The module's fastest power mode (read from /etc/nvpmodel.conf: mode 0 is not the fastest
+    on every module) and locked clocks (steady latency). Needs root on a Jetson."""
+    done, steps = [], [["jetson_clocks"]]
+    top = board.top_power_mode(board.power_modes())
+    if top is not None:
+        steps.insert(0, ["nvpmodel", "-m", str(top.id)])
+    elif shutil.which("nvpmodel"):
+        done.append(f"power mode unchanged: no MAXN or rated mode in {board.NVPMODEL_CONF}; list them with "
+                    "`nvpmodel -p --verbose` and set one with `sudo nvpmodel -m <id>`")
+    for args in steps:
         if shutil.which(args[0]):
             result = subprocess.run(args, capture_output=True, text=True)
             done.append(f"{' '.join(args)}: {'ok' if result.returncode == 0 else result.stderr.strip()}")

@@ -1,6 +1,6 @@
 """Engine metadata sidecar: what an engine was built with, and refusal of a mismatch.
 
-TensorRT engines do not move between TensorRT versions or GPUs. Every engine gets
+TensorRT engines do not move between TensorRT versions, GPUs or Jetson modules. Every engine gets
 `<engine>.json`; loading compares it with the running TensorRT and GPU (and the ONNX the
 engine came from) and refuses with the rebuild command instead of failing later.
 """
@@ -19,6 +19,13 @@ class Runtime:
     tensorrt: str
     gpu: str
     compute_capability: str  # "8.7"
+    module: str = ""         # Jetson module/SoC ('p3767-0005/tegra234'); '' off a Jetson
+
+
+def this_runtime(trt) -> Runtime:
+    from jetson import board, cuda
+
+    return Runtime(trt.__version__, *cuda.gpu(), board.module_id())
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class EngineMetadata:
     built_at: str
     strongly_typed: bool
     dla_core: int = -1
+    module: str = ""
 
     def save(self, engine: Path) -> None:
         sidecar_path(engine).write_text(json.dumps(asdict(self), indent=1))
@@ -65,6 +73,10 @@ def check_match(meta: EngineMetadata, runtime: Runtime, engine: Path, onnx_sha25
     if meta.compute_capability != runtime.compute_capability or meta.gpu != runtime.gpu:
         raise ModelError(f"{engine}: built for {meta.gpu} (sm {meta.compute_capability}), this GPU is "
                          f"{runtime.gpu} (sm {runtime.compute_capability}); {rebuild}")
+    if meta.module != runtime.module:
+        raise ModelError(f"{engine}: built on module {meta.module or 'unrecorded'}, this is "
+                         f"{runtime.module or 'not a Jetson'}: every Orin reports the GPU 'Orin', but engines do "
+                         f"not move between modules; {rebuild}")
     if onnx_sha256 is not None and onnx_sha256 != meta.onnx_sha256:
         raise ModelError(f"{engine}: stale, built from a different ONNX than {meta.onnx_path} "
                          f"(sha256 {meta.onnx_sha256[:12]} vs {onnx_sha256[:12]}); {rebuild}")

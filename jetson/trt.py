@@ -16,8 +16,9 @@ def major(trt) -> int:
 
 
 def has_strong_typing(trt) -> bool:
-    """TensorRT 10+ can build strongly typed networks (11 always does): precision from the ONNX."""
-    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and major(trt) >= 10
+    """TensorRT 10 builds strongly typed networks when asked (the STRONGLY_TYPED flag), 11 always
+    does (the flag is deprecated there and may go): decided by the version, not by the flag."""
+    return major(trt) >= 10
 
 
 def logger(trt):

@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from calibration.dataset import load_set, select_items
-from calibration.trt_cache import read_cache, version_code, write_cache
+from calibration.trt_cache import read_cache, write_cache
+from jetson.calibrator import version_code
 from edge.vision.backends import onnxruntime as ort_backend, open_backend
 from edge.vision.backends.onnxruntime import int8_kernels_saturate
 from edge.cli import main

@@ -85,3 +85,66 @@ def test_engine_matches_onnx_runtime(trained_run, tmp_path, precision):
         trt_model.input[:] = reference.input[:] = np.random.default_rng(0).standard_normal(reference.input.shape)
         tolerance = {"fp32": 1e-3, "fp16": 5e-2, "int8": 1.0}[precision]
         assert np.abs(trt_model.infer() - reference.infer()).max() < tolerance
+
+
+# -- the board: L4T -> JetPack, module id, power modes (recorded file contents) ----------------
+ORIN_NANO_SUPER = """< POWER_MODEL ID=0 NAME=15W >\n< POWER_MODEL ID=1 NAME=25W >\n< POWER_MODEL ID=2 NAME=MAXN_SUPER >
+< POWER_MODEL ID=3 NAME=7W >\n< PM_CONFIG DEFAULT=2 >\n"""
+AGX_ORIN = """< POWER_MODEL ID=0 NAME=MAXN >\n< POWER_MODEL ID=1 NAME=MODE_15W >\n< POWER_MODEL ID=2 NAME=MODE_30W >
+< POWER_MODEL ID=3 NAME=MODE_50W >\n"""
+
+
+@pytest.mark.parametrize("line, release, described", [
+    ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+     "35.4.1", "L4T 35.4.1 = JetPack 5.1.2 (TensorRT 8.5.2)"),
+    ("# R35 (release), REVISION: 1.0, GCID: 31250864, BOARD: t186ref", "35.1.0", "upgrade to JetPack 5.1 or later"),
+    ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic", "36.4.3", "JetPack 6.2 (TensorRT 10.3.0)"),
+    ("# R36 (release), REVISION: 4, GCID: 37537400", "36.4.0", "JetPack 6.1"),
+    ("# R39 (release), REVISION: 0.1, GCID: 1", "39.0.1", "JetPack unknown to this table"),
+])
+def test_fault_doctor_names_the_l4t_revision_and_jetpack(tmp_path, monkeypatch, line, release, described):
+    from jetson import board
+    from jetson.doctor import checks
+
+    (tmp_path / "nv_tegra_release").write_text(line + "\n")
+    monkeypatch.setattr(board, "RELEASE_FILE", tmp_path / "nv_tegra_release")
+    detail = dict((what, detail) for what, _, detail in checks())["Jetson L4T"]
+    assert detail.startswith(f"L4T {release}") and described in detail
+
+
+@pytest.mark.parametrize("compatible, module", [
+    (b"nvidia,p3768-0000+p3767-0005\0nvidia,p3767-0005\0nvidia,tegra234\0", "p3767-0005/tegra234"),  # Orin Nano 8GB
+    (b"nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,tegra234\0", "p3767-0000/tegra234"),  # Orin NX 16GB
+    (b"nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0nvidia,tegra234\0", "p3701-0005/tegra234"),  # AGX Orin 64GB
+])
+def test_module_id_tells_orin_modules_apart(tmp_path, compatible, module):
+    from jetson.board import module_id
+
+    (tmp_path / "compatible").write_bytes(compatible)
+    assert module_id(tmp_path / "compatible") == module
+    assert module_id(tmp_path / "missing") == ""
+
+
+def test_fault_engine_moved_between_orin_modules_is_refused():
+    built_on_nx = replace(META, module="p3767-0000/tegra234")
+    check_match(built_on_nx, replace(HERE, module="p3767-0000/tegra234"), Path("e.engine"))
+    with pytest.raises(ModelError, match=r"built on module p3767-0000/tegra234, this is p3767-0005/tegra234.*"
+                                         r"make engine PRECISION=int8"):
+        check_match(built_on_nx, replace(HERE, module="p3767-0005/tegra234"), Path("e.engine"))
+
+
+@pytest.mark.parametrize("conf, mode", [(ORIN_NANO_SUPER, "2"), (AGX_ORIN, "0"),
+                                        ("< POWER_MODEL ID=0 NAME=15W >\n< POWER_MODEL ID=1 NAME=7W >\n", "0")])
+def test_fault_doctor_apply_sets_the_fastest_mode_of_this_module(tmp_path, monkeypatch, conf, mode):
+    import subprocess
+
+    from jetson import board, doctor
+
+    (tmp_path / "nvpmodel.conf").write_text(conf)
+    monkeypatch.setattr(board, "NVPMODEL_CONF", tmp_path / "nvpmodel.conf")
+    ran = []
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(doctor.subprocess, "run", lambda args, **kw: ran.append(args) or
+                        subprocess.CompletedProcess(args, 0, "", ""))
+    doctor.apply_performance()
+    assert ran == [["nvpmodel", "-m", mode], ["jetson_clocks"]]
