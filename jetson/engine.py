@@ -43,9 +43,15 @@ class TensorRTBackend(Backend):
             self._bind(trt, path, undo)
             self._resources = undo.pop_all()
 
+    @property
+    def runs_on(self) -> str:
+        core = self._runtime.DLA_core if self._dla else -1
+        return f"TensorRT on DLA core {core}" if core >= 0 else "TensorRT on the GPU"
+
     def _use_dla_core(self, meta: EngineMetadata, path: Path) -> None:
         """A DLA engine runs on the core it was built for (TensorRT would pick core 0)."""
-        if meta.dla_core < 0:
+        self._dla = meta.dla_core >= 0
+        if not self._dla:
             return
         if self._runtime.num_DLA_cores <= meta.dla_core:
             raise ModelError(f"{path}: built for DLA core {meta.dla_core}, this device has "

@@ -20,11 +20,12 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
                  "--daemon-items", "10"]) == 0
     result = json.loads((out / "bench" / "bench.json").read_text())
     rows = {(r["backend"], r["precision"]): r for r in result["models"]}
-    assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime", "fp32")}
+    assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")}  # CPU: the one provider here
+    assert rows[("ONNX Runtime (CPU)", "fp32")]["runs_on"] == "CPUExecutionProvider"
     for row in rows.values():
         assert row["latency_ms"]["n"] == 5 and row["latency_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
-    torch_p50, ort_p50 = (rows[k]["latency_ms"]["p50"] for k in (("PyTorch eager", "fp32"), ("ONNX Runtime", "fp32")))
+    torch_p50, ort_p50 = (rows[k]["latency_ms"]["p50"] for k in (("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")))
     assert rows[("PyTorch eager", "fp32")]["speedup_vs_ort_fp32"] == pytest.approx(ort_p50 / torch_p50)
     assert result["daemon"]["model"] == str(out / "model.onnx")
     assert (out / "bench" / "line" / "audit.db").is_file() and not (out / "audit.db").exists()
@@ -34,4 +35,4 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     assert set(result["machine"]["cpu_flags"]) == flags & SPEED_FLAGS                 # what this CPU really has
     assert " ".join(result["machine"]["cpu_flags"]) in (out / "bench" / "bench.md").read_text()
     assert (out / "bench" / "bench.png").read_bytes().startswith(b"\x89PNG")
-    assert "| ONNX Runtime | fp32 |" in (out / "bench" / "bench.md").read_text()
+    assert "| ONNX Runtime (CPU) | fp32 | CPUExecutionProvider |" in (out / "bench" / "bench.md").read_text()

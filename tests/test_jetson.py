@@ -148,3 +148,41 @@ def test_fault_doctor_apply_sets_the_fastest_mode_of_this_module(tmp_path, monke
                         subprocess.CompletedProcess(args, 0, "", ""))
     doctor.apply_performance()
     assert ran == [["nvpmodel", "-m", mode], ["jetson_clocks"]]
+
+
+def _gpu_reason():
+    import jetson.cuda
+
+    if jetson.cuda.cudart is None:
+        return "cuda-python is not installed"
+    try:
+        jetson.cuda.gpu()
+    except Exception as exc:  # no driver, no device
+        return f"no usable NVIDIA GPU ({exc})"
+    return None
+
+
+@pytest.mark.gpu
+def test_cuda_buffers_round_trip_and_free_on_a_real_gpu():
+    """The real cuda-python path: pinned host + device buffers, one stream, async copies both
+    ways, and every byte of device memory given back (also when a buffer is abandoned halfway)."""
+    reason = _gpu_reason()
+    if reason:
+        pytest.skip(reason)
+    from jetson import cuda
+
+    def free_bytes():
+        return cuda.check(cuda.cudart.cudaMemGetInfo())[0]
+
+    before = free_bytes()
+    data = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with cuda.Stream() as stream, cuda.HostDeviceBuffer(data.shape) as there, \
+            cuda.HostDeviceBuffer(data.shape) as back:
+        there.host[:] = data
+        there.to_device(stream)
+        cuda.check(cuda.cudart.cudaMemcpyAsync(back.device, there.device, there.nbytes,
+                                               cuda.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle))
+        back.to_host(stream)
+        stream.synchronize()
+        assert np.array_equal(back.host, data)
+    assert abs(free_bytes() - before) < (2 << 20)  # the allocator's granularity, not our buffers

@@ -90,6 +90,9 @@ def test_build_and_run_contract_per_release(device, version, precision):
         model.input[:] = np.random.default_rng(0).standard_normal(model.input.shape)
         expected = model.input.mean() * np.arange(1, len(meta.classes) + 1)
         np.testing.assert_allclose(model.infer(), expected, rtol=1e-5)
+        bound = {args[0]: args[1] for args, _ in dev.called("IExecutionContext.set_tensor_address")}
+        assert set(bound) == {tensor[0] for tensor in dev.trt.built[-1]["tensors"]}  # every I/O tensor, once
+        assert all(dev.cudart.allocations[address][1] == "device" for address in bound.values())
     assert dev.cudart.outstanding() == []  # every buffer and the stream freed at close
 
 

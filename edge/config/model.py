@@ -2,9 +2,9 @@
 preprocessing, training, export, calibration, TensorRT engine, and the runtime that loads it."""
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Annotated, Dict, Literal, Tuple, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from edge.config.base import Bool, Float, Int, Invalid, Section, Str
 
@@ -12,6 +12,7 @@ Backbone = Literal["efficientnet_lite0", "resnet18"]
 # "auto" picks the backbone's own normalisation (edge.vision.preprocess.NORMALISATIONS).
 Normalisation = Literal["auto", "tf_lite", "imagenet"]
 CalibrationMethod = Literal["entropy", "percentile", "max"]
+ProviderName = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class DataConfig(Section):
@@ -99,8 +100,27 @@ class EngineConfig(Section):
     int8_mode: Literal["qdq", "calibration_cache"] = "qdq"
 
 
+class ProviderConfig(Section):
+    name: ProviderName
+    options: Dict[Str, Union[Bool, Int, Float, Str]] = Field(
+        {}, description="ONNX Runtime provider options, e.g. trt_engine_cache_path, device_id, trt_dla_enable")
+
+
+def _provider_entry(entry):
+    return {"name": entry} if isinstance(entry, str) else entry
+
+
 class RuntimeConfig(Section):
     model: Str = Field("", description=".onnx or .engine; default <run_dir>/model.onnx")
-    providers: Tuple[Str, ...] = ("CPUExecutionProvider",)
+    # Tried in order: the first that this onnxruntime has and that loads runs the model, the later ones
+    # take the nodes it cannot (TensorRT EP -> CUDA EP -> CPU). A name alone, or {name, options}.
+    providers: Tuple[Annotated[ProviderConfig, BeforeValidator(_provider_entry)], ...] = Field(
+        (ProviderConfig(name="CPUExecutionProvider"),))
     threads: Int = Field(0, ge=0)
     allow_root: Bool = Field(False, description="the daemon refuses root unless this is set deliberately")
+
+    @model_validator(mode="after")
+    def _some_provider(self):
+        if not self.providers:
+            raise Invalid("providers", "must name at least one provider (CPUExecutionProvider runs everywhere)")
+        return self

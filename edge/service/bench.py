@@ -37,7 +37,16 @@ CANDIDATES = [  # (label, backend, precision, file in the run dir)
 ]
 
 
-def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optional[str], run_dir: str) -> Dict:
+# ONNX Runtime providers measured, each as its own row where this onnxruntime has it.
+PROVIDERS = {"TensorrtExecutionProvider": "TensorRT EP", "CUDAExecutionProvider": "CUDA", "CPUExecutionProvider": "CPU"}
+
+
+def onnx_providers(available: List[str]) -> List[str]:
+    return [name for name in PROVIDERS if name in available]
+
+
+def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optional[str], run_dir: str,
+                  provider: Optional[str] = None) -> Dict:
     """Runs inside the child process: load, warm up, time `infer()`, optionally score a split."""
     import cv2
 
@@ -45,7 +54,7 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
     from edge.vision.preprocess import Preprocessor
 
     started = time.perf_counter()
-    backend = open_backend(path)
+    backend = open_backend(path, **({"providers": [provider]} if provider else {}))
     load_s = time.perf_counter() - started
     pre = Preprocessor(backend.info.preprocess)
     image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
@@ -57,21 +66,23 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
         t0 = time.perf_counter()
         backend.infer()
         times.append(time.perf_counter() - t0)
-    result = {"load_s": load_s, "latency_ms": percentiles(times), "throughput_fps": 1.0 / float(np.mean(times)),
+    result = {"load_s": load_s, "runs_on": backend.runs_on,
+              "latency_ms": percentiles(times), "throughput_fps": 1.0 / float(np.mean(times)),
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     backend.close()
     if accuracy_split:
-        result.update(_accuracy(path, run_dir, accuracy_split))
+        result.update(_accuracy(path, run_dir, accuracy_split, provider))
     return result
 
 
-def _accuracy(path: str, run_dir: str, split: str) -> Dict:
+def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = None) -> Dict:
     from edge.vision.dataset import MANIFEST_NAME, Manifest, predict_split
 
     manifest_path = Path(run_dir) / MANIFEST_NAME
     if not manifest_path.is_file():
         return {}
-    logits, labels, _ = predict_split(Path(path), Manifest.load(manifest_path), split)
+    options = {"providers": [provider]} if provider else {}
+    logits, labels, _ = predict_split(Path(path), Manifest.load(manifest_path), split, **options)
     return {"accuracy": float(np.mean(logits.argmax(1) == np.asarray(labels))), "accuracy_n": len(labels)}
 
 
@@ -116,9 +127,11 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
         path = run_dir / name
         if not path.is_file():
             continue
-        print(f"measuring {label} {precision} ({path}) ...", flush=True)
-        result = _child(path, iterations, warmup, "test" if accuracy else None, run_dir)
-        rows.append({"backend": label, "precision": precision, "model": str(path), **result})
+        for provider in _available_providers() if backend == "onnxruntime" else [None]:
+            row_label = f"{label} ({PROVIDERS[provider]})" if provider else label
+            print(f"measuring {row_label} {precision} ({path}) ...", flush=True)
+            result = _child(path, iterations, warmup, "test" if accuracy else None, run_dir, provider)
+            rows.append({"backend": row_label, "precision": precision, "model": str(path), **result})
     result = {"machine": machine(), "iterations": iterations, "warmup": warmup, "models": rows,
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     if daemon_items:
@@ -130,10 +143,19 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
     return result
 
 
-def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path) -> Dict:
+def _available_providers() -> List[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return onnx_providers(onnxruntime.get_available_providers())
+
+
+def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path,
+           provider: Optional[str] = None) -> Dict:
     code = ("import json, sys; from edge.service.bench import measure_model; "
             "print(json.dumps(measure_model(*json.loads(sys.argv[1]))))")
-    args = json.dumps([str(path), iterations, warmup, split, str(run_dir)])
+    args = json.dumps([str(path), iterations, warmup, split, str(run_dir), provider])
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -167,7 +189,7 @@ def _speedups(result: Dict) -> None:
     for row in result["models"]:
         if "latency_ms" not in row:
             continue
-        for base, key in ((("PyTorch eager", "fp32"), "speedup_vs_torch"), (("ONNX Runtime", "fp32"), "speedup_vs_ort_fp32")):
+        for base, key in ((("PyTorch eager", "fp32"), "speedup_vs_torch"), (("ONNX Runtime (CPU)", "fp32"), "speedup_vs_ort_fp32")):
             if base in p50:
                 row[key] = p50[base] / row["latency_ms"]["p50"]
 
@@ -179,16 +201,16 @@ def markdown(result: Dict) -> str:
              f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
              f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, {result['when']}.", "",
-             "| backend | precision | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
+             "| backend | precision | runs on | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
              "x vs PyTorch | x vs ORT FP32 | test accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['precision']} | failed: {r['error']} |||||||||")
+            lines.append(f"| {r['backend']} | {r['precision']} | failed: {r['error']} ||||||||||")
             continue
         lat = r["latency_ms"]
         acc = f"{r['accuracy'] * 100:.2f}% (n={r['accuracy_n']})" if "accuracy" in r else "-"
-        lines.append(f"| {r['backend']} | {r['precision']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['runs_on']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | "
                      f"{lat['max']:.2f} | {r['throughput_fps']:.1f} | {r['peak_rss_mib']:.0f} | "
                      f"{r.get('speedup_vs_torch', float('nan')):.2f} | {r.get('speedup_vs_ort_fp32', float('nan')):.2f} | {acc} |")
     if "daemon" in result:

@@ -21,6 +21,7 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
         "late_not_fired": t.total(t.late),
         "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
+        "runs_on": sorter.backend.runs_on,
     }
     if simulator is not None:
         summary.update(_against_truth(sorter, simulator))

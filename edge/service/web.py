@@ -73,6 +73,7 @@ class OperatorWeb:
                 "dropped": telemetry.total(telemetry.dropped), "latency_ms": telemetry.latency_ms(last=500),
                 "actuators": [{"name": a.name, "healthy": a.healthy()} for a in sorter.actuators],
                 "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
+                "runs_on": sorter.backend.runs_on,
                 "bins": sorter.decider.bins, "classes": list(sorter.model.classes),
                 "last": {k: decisions[-1][k] for k in ("item_id", "class", "confidence", "bin", "reason")}
                 if decisions else None}

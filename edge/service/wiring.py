@@ -80,7 +80,8 @@ def open_model(config: Config) -> Backend:
     """The configured model (default <run_dir>/model.onnx), refused if its classes differ from the config's."""
     runtime = config.runtime
     path = Path(runtime.model) if runtime.model else config.run_path / "model.onnx"
-    options = {"providers": runtime.providers, "threads": runtime.threads} if path.suffix == ".onnx" else {}
+    providers = [(p.name, dict(p.options)) for p in runtime.providers]
+    options = {"providers": providers, "threads": runtime.threads} if path.suffix == ".onnx" else {}
     backend = open_backend(path, **options)
     if list(backend.info.classes) != list(config.classes):
         backend.close()

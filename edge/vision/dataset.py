@@ -54,13 +54,13 @@ class Manifest:
         return cls(data["data_root"], data["classes"], data["seed"], [Item(**i) for i in data["items"]])
 
 
-def predict_split(model_path: Path, manifest: Manifest, split: str,
-                  progress: Callable[[Iterable], Iterable] = iter) -> Tuple[np.ndarray, List[int], Dict]:
+def predict_split(model_path: Path, manifest: Manifest, split: str, progress: Callable[[Iterable], Iterable] = iter,
+                  **backend_options) -> Tuple[np.ndarray, List[int], Dict]:
     """(logits NxC, true label indices, backend description) for every readable image of a split."""
     items = manifest.split(split)
     if not items:
         raise ModelError(f"split '{split}' is empty in the manifest; re-run `scrapsort prepare`")
-    with open_backend(model_path) as backend:
+    with open_backend(model_path, **backend_options) as backend:
         if list(backend.info.classes) != list(manifest.classes):
             raise ModelError(f"{model_path}: model classes {list(backend.info.classes)} differ from the "
                              f"manifest's {manifest.classes}; evaluate with the matching config")

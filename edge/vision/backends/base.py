@@ -61,6 +61,11 @@ class Backend(ABC):
     input: np.ndarray  # (1, 3, H, W) float32, written by the caller
     unfused_int8 = False  # True where INT8 Q/DQ runs as exact but slow unfused arithmetic
 
+    @property
+    def runs_on(self) -> str:
+        """What executes the model (an ONNX Runtime provider, the GPU or a DLA core)."""
+        return self.name
+
     def expected_input_shape(self) -> Tuple[int, int, int, int]:
         size = self.info.preprocess.input_size
         return (1, 3, size, size)

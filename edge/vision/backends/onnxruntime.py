@@ -1,11 +1,17 @@
-"""ONNX Runtime backend (CPU or CUDA) with IO binding onto preallocated numpy buffers."""
+"""ONNX Runtime backend with IO binding onto preallocated numpy buffers.
+
+Execution providers come as an ordered list (TensorRT EP, CUDA EP, CPU): ONNX Runtime gives
+each node to the first provider that takes it. A provider this onnxruntime build lacks, or one
+that fails to load (missing CUDA/TensorRT libraries), is skipped with a warning, and
+`runs_on` says which provider actually runs the model.
+"""
 from __future__ import annotations
 
 import functools
 import logging
 import platform
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,29 +48,80 @@ def _cpu_flags() -> frozenset:
     return frozenset()  # unknown: assume the worst
 
 
+Provider = Union[str, Tuple[str, Dict]]
+CPU = "CPUExecutionProvider"
+TENSORRT_EP = "TensorrtExecutionProvider"
+MISSING_PROVIDER = {
+    TENSORRT_EP: "needs onnxruntime-gpu built with TensorRT (on a Jetson: the JetPack wheel) and TensorRT's libraries",
+    "CUDAExecutionProvider": "needs onnxruntime-gpu (on a Jetson: the JetPack wheel) and the CUDA libraries",
+}
+
+
+def choose_providers(requested: Sequence[Provider], available: Sequence[str]) -> List[Tuple[str, Dict]]:
+    """The requested providers this onnxruntime has, in order, each with its options; CPU last
+    as the fallback for nodes no other provider takes."""
+    chosen = []
+    for entry in requested:
+        name, options = (entry, {}) if isinstance(entry, str) else (entry[0], dict(entry[1]))
+        if name in available:
+            chosen.append((name, options))
+        else:
+            log.warning("%s is not in this onnxruntime (it has %s): it %s; skipped", name, ", ".join(available),
+                        MISSING_PROVIDER.get(name, "is not installed"))
+    if CPU not in [name for name, _ in chosen]:
+        chosen.append((CPU, {}))
+    return chosen
+
+
+def tensorrt_ep_options(path: Path, precision: str, options: Dict) -> Dict:
+    """Engine and timing caches beside the model (a restart does not rebuild), and the precision
+    the ONNX file carries: FP16 kernels for the FP16 model, INT8 from the Q/DQ nodes of the
+    INT8 model (FP16 for its float layers). The config's options win."""
+    cache = str(path.parent / "ort_trt_cache")
+    defaults = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache, "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": cache, "trt_fp16_enable": precision in ("fp16", TENSORRT_INT8),
+                "trt_int8_enable": precision == TENSORRT_INT8}
+    return {**defaults, **options}
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0):
+    def __init__(self, path: Path, providers: Sequence[Provider] = (CPU,), threads: int = 0):
         ort = require("onnxruntime", "ort")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        available = ort.get_available_providers()
-        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        chosen = choose_providers(providers, ort.get_available_providers())
+        if chosen[0][0] == TENSORRT_EP:  # its options depend on the model's precision, read first on the CPU
+            precision = ModelInfo.from_metadata(path, self._open(ort, path, options, [CPU]).get_modelmeta()
+                                                .custom_metadata_map).precision
+            chosen[0] = (TENSORRT_EP, tensorrt_ep_options(Path(path), precision, chosen[0][1]))
         self.session = self._open(ort, path, options, chosen)
         self.info = ModelInfo.from_metadata(path, self.session.get_modelmeta().custom_metadata_map)
-        self.unfused_int8 = self.info.precision == TENSORRT_INT8 and chosen[0] == "CPUExecutionProvider" \
-            and int8_kernels_saturate()
+        self.providers = self.session.get_providers()
+        self._report_providers(path, [name for name, _ in chosen])
+        self.unfused_int8 = self.info.precision == TENSORRT_INT8 and self.runs_on == CPU and int8_kernels_saturate()
         if self.unfused_int8:
             self.session = self._open_unfused(ort, path, options, chosen)
-        self.providers = self.session.get_providers()
         self._check_io(path)
         self.input = np.zeros(self.expected_input_shape(), np.float32)
         self.output = np.zeros((1, len(self.info.classes)), np.float32)
         self._binding = self.session.io_binding()
         self._binding.bind_input(self._input_name, "cpu", 0, np.float32, self.input.shape, self.input.ctypes.data)
         self._binding.bind_output(self._output_name, "cpu", 0, np.float32, self.output.shape, self.output.ctypes.data)
+
+    @property
+    def runs_on(self) -> str:
+        """The provider that runs the model (the first one ONNX Runtime registered)."""
+        return self.providers[0]
+
+    def _report_providers(self, path: Path, asked: List[str]) -> None:
+        failed = [name for name in asked if name not in self.providers]
+        if failed:
+            log.warning("%s: %s did not load (see ONNX Runtime's message above); running on %s", path,
+                        ", ".join(failed), self.runs_on)
+        log.info("%s runs on %s", path, " -> ".join(self.providers))
 
     @staticmethod
     def _open(ort, path: Path, options, providers):
