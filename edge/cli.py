@@ -6,15 +6,18 @@ without torch, and a missing workstation package is a clear message, not a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
 from edge.config import Config, load_config
 from edge.deps import require
-from edge.errors import ScrapsortError
+from edge.errors import ConfigError, ScrapsortError
 
 DEFAULT_CONFIG = "configs/default.yaml"
 log = logging.getLogger("scrapsort")
@@ -49,8 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    evaluate = require("train.evaluate", "train")
     config = _config(args)
+    if args.folder:
+        return _evaluate_folder(config, args)
+    evaluate = require("train.evaluate", "train")
     if args.precisions:
         report = evaluate.compare_precisions(config, split=args.split, progress=not args.quiet)
         print(evaluate.precision_table(report))
@@ -62,6 +67,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"weighted F1 {metrics['weighted']['f1']:.4f}")
     print(f"written: {', '.join(metrics['outputs'])}")
     return 0
+
+
+def _evaluate_folder(config: Config, args: argparse.Namespace) -> int:
+    """A batch test on the device: no torch, the runtime's model (or --model)."""
+    from edge.vision.backends import open_backend
+    from edge.vision.batch import evaluate_images, folder_images, results_csv, summary_text
+    from edge.vision.predict import Classifier
+
+    model = Path(args.model or config.runtime.model or config.run_path / "model.onnx")
+    folder = Path(args.folder)
+    out = Path(args.output) if args.output else config.run_path / f"batch-{folder.resolve().name}"
+    with open_backend(model) as backend:
+        images, skipped = folder_images(folder, list(backend.info.classes))
+        for line in skipped:
+            print(f"skipped {line}")
+        report = evaluate_images(Classifier(backend).classify, images, list(backend.info.classes))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"model": str(model), "folder": str(folder), "skipped": skipped,
+                                                  "report": report}, indent=1))
+    (out / "results.csv").write_text(results_csv(report))
+    print(f"{model} on {folder}: {summary_text(report)}")
+    print(f"written: {out / 'results.json'}, {out / 'results.csv'}")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from edge.service.audit import export_csv
+
+    config = _config(args)
+    db = Path(args.db or config.audit.db or config.run_path / "audit.db")
+    since, until = parse_time(args.since, 0.0), parse_time(args.until, time.time() + 1)
+    if not db.is_file():
+        raise ConfigError(f"{db}: no audit log here; pass --db or the line's --config")
+    rows = 0
+    with (open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)) as out:
+        for chunk in export_csv(db, since, until):
+            out.write(chunk)
+            rows += chunk.count("\n")
+    print(f"{rows - 1} decisions exported" + (f" to {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def parse_time(text: Optional[str], default: float) -> float:
+    """'2026-11-26T08:00' (local time, or with an offset), '2026-11-26', or Unix seconds."""
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(f"cannot read the time {text!r}: use 2026-11-26T08:00 (local), an ISO time with an "
+                          "offset, or Unix seconds") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -194,8 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "fine-tune the backbone on the train split")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
-    p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split")
-    p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt")
+    p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split, or on a folder")
+    p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt "
+                                   "(with --folder: the runtime's model)")
+    p.add_argument("--folder", help="batch test on <folder>/<class>/<image> with the runtime (no torch needed)")
+    p.add_argument("--output", help="with --folder: where results.json/.csv go (default <run_dir>/batch-<name>)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--precisions", action="store_true",
                    help="compare model.onnx / model_fp16.onnx / model_int8.onnx (JSON + markdown table)")
@@ -231,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = config_sub.add_parser("check", help="validate a config file; exit 78 with the problem if it is broken")
     q.set_defaults(func=cmd_config_check)
     q.add_argument("config", help="YAML config")
+    p = command("audit", None, "read the audit log", config=False)
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    q = audit_sub.add_parser("export", help="decisions in a time range as CSV (streamed)")
+    q.set_defaults(func=cmd_audit_export)
+    q.add_argument("--config", default=DEFAULT_CONFIG, help="the line's config (its audit.db)")
+    q.add_argument("--run-dir", help="override the config's run_dir")
+    q.add_argument("--db", help="an audit.db to read instead of the config's")
+    q.add_argument("--since", help="from this time (2026-11-26T08:00 local, ISO with offset, or Unix seconds)")
+    q.add_argument("--until", help="up to this time, excluded (default: now)")
+    q.add_argument("--csv", action="store_true", help="CSV (the only format; the default)")
+    q.add_argument("--output", help="file to write (default: standard output)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

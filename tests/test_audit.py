@@ -79,3 +79,40 @@ def test_atomic_writes_leave_no_partial_file_visible_after_sigkill(tmp_path):
         image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.shape == (600, 600, 3), path
         assert path.read_bytes().rstrip(b"\0").endswith(b"\xff\xd9"), path
+
+
+def test_csv_export_of_a_time_range_round_trips_from_the_cli(tmp_path):
+    import csv
+    import io
+
+    from edge.cli import main
+
+    audit = AuditLog(AuditConfig(), tmp_path, "f" * 64)
+    audit.start()
+    start = time.time() - 1000
+    for n in range(1200):  # more than one chunk of rows
+        audit.record({**row(n, start + n * 0.5), "top3": [{"class": "glass", "confidence": 0.9},
+                                                          {"class": "metal", "confidence": 0.05}],
+                      "latency_ms": {"inference": 6.5, "capture_to_decision": 11.0}}, None, False)
+    assert wait_for(lambda: audit.committed == 1200, timeout=20)
+    audit.close()
+    since, until = start + 100, start + 400                     # rows 200 .. 799
+    out = tmp_path / "export.csv"
+    assert main(["audit", "export", "--db", str(tmp_path / "audit.db"), "--since", str(since), "--until", str(until),
+                 "--csv", "--output", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        ids = [r[0] for r in db.execute("SELECT id FROM decisions WHERE t_wall >= ? AND t_wall < ? ORDER BY id",
+                                        (since, until))]
+    assert [int(r["id"]) for r in rows] == ids and len(ids) == 600
+    first = rows[0]
+    assert first["item_id"] == "000200" and first["class"] == "glass" and first["top3"] == "glass:0.9000 | metal:0.0500"
+    assert first["inference_ms"] == "6.500" and first["preprocess_ms"] == "" and first["model_sha256"] == "f" * 12
+    assert first["time_utc"].endswith("Z")
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since))    # local ISO time works too
+    assert main(["audit", "export", "--db", str(tmp_path / "audit.db"), "--since", iso, "--output", str(out)]) == 0
+    from_iso = time.mktime(time.strptime(iso, "%Y-%m-%dT%H:%M:%S"))
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        expected = db.execute("SELECT count(*) FROM decisions WHERE t_wall >= ?", (from_iso,)).fetchone()[0]
+    assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == expected > 990
+    assert main(["audit", "export", "--db", str(tmp_path / "audit.db"), "--since", "yesterday"]) == 78

@@ -44,10 +44,12 @@ def test_operator_page(line, tmp_path):
 
         # Without the token, classify and the controls are refused, and say why.
         image = sorted((run.parent / "data" / "glass").glob("*.jpg"))[0]
+        page.click("a[href='#classify']")
         page.set_input_files("#files", str(image))
         page.click("#classify")
         page.wait_for_selector(".result .error", timeout=15000)
         assert "token" in page.text_content(".result .error")
+        page.click("a[href='#line']")
         page.click("#pause")
         page.wait_for_selector("#control-msg.error", timeout=5000)
         assert "token" in page.text_content("#control-msg")
@@ -55,11 +57,13 @@ def test_operator_page(line, tmp_path):
 
         # With it: classify an uploaded image (class, confidence and top-3), pause and resume.
         page.fill("#token", "s3cret-token")
+        page.click("a[href='#classify']")
         page.click("#classify")
         page.wait_for_selector(".result .label", timeout=15000)
         assert page.text_content(".result .label") in CLASSES
         assert page.text_content(".result .top3").count("%") == 3
         page.screenshot(path=str(SCREENSHOTS / "classify.png"))
+        page.click("a[href='#line']")
         page.click("#pause")
         page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting paused'")
         assert sorter.controls.state()[0] is True
@@ -67,6 +71,7 @@ def test_operator_page(line, tmp_path):
         page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting'")
 
         # Review queue: relabel the first low-confidence capture as metal.
+        page.click("a[href='#review']")
         page.wait_for_selector(".review", timeout=20000)
         item = page.locator(".review").first
         decision_id = item.get_attribute("data-id")

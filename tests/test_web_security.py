@@ -177,3 +177,44 @@ def test_fault_an_image_bomb_is_refused_from_its_header(web):
     code, reply = status(f"http://127.0.0.1:{port}/api/classify", buffer.getvalue(), {"X-Scrapsort-Token": TOKEN})
     assert code == 400 and b"megapixels" in reply
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000     # kB: nothing was decoded
+
+
+def test_batch_tests_camera_frames_and_exports_refuse_what_they_must(web, tmp_path):
+    sorter, port = web
+    base = f"http://127.0.0.1:{port}"
+    auth = {"X-Scrapsort-Token": TOKEN}
+    zip_headers = {**auth, "Content-Type": "application/zip"}
+    assert status(f"{base}/api/batch", b"PK", {"Content-Type": "application/zip"})[0] == 403       # no token
+    assert status(f"{base}/api/batch", b"not a zip", zip_headers)[0] == 400
+    code, body = status(f"{base}/api/batch", json.dumps({"folder": "/etc"}).encode(),
+                        {**auth, "Content-Type": "application/json"})
+    assert code == 403 and b"web.batch_root" in body                          # server folders are off here
+    huge = {**zip_headers, "Content-Length": str((200 << 20) + 1)}
+    assert b" 413 " in raw(port, f"POST /api/batch HTTP/1.1\r\nHost: x\r\n{_head(huge)}\r\n".encode())
+    assert status(f"{base}/api/batch/99")[0] == 404
+    assert status(f"{base}/api/review/camera?label=glass", b"\xff\xd8", {"Content-Type": "image/jpeg"})[0] == 403
+    assert status(f"{base}/api/review/camera?label=rocks", b"\xff\xd8", auth)[0] == 400
+    assert status(f"{base}/api/review/camera?label=glass", b"<html>", auth)[0] == 400
+    assert not (tmp_path / "line" / "review").exists() or not any((tmp_path / "line" / "review").rglob("*"))
+    for query in ("since=abc", "since=nan", "until=inf"):
+        assert status(f"{base}/api/audit.csv?{query}")[0] == 400
+
+
+def _head(headers):
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+
+
+def test_batch_folders_stay_inside_the_allowed_root(tmp_path, trained_run):
+    _, run = trained_run
+    root = tmp_path / "sets"
+    (root / "ok" / "glass").mkdir(parents=True)
+    (tmp_path / "secret" / "glass").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path / "secret")
+    sorter = operator_line(tmp_path, run, batch_root=str(root))
+    with running(sorter):
+        base, auth = f"http://127.0.0.1:{sorter.web.port}", {"X-Scrapsort-Token": TOKEN, "Content-Type": "application/json"}
+        for folder in ("../secret", "/etc", "link", "ok/../../secret"):
+            code, body = status(f"{base}/api/batch", json.dumps({"folder": folder}).encode(), auth)
+            assert code == 403 and b"outside web.batch_root" in body, folder
+        code, body = status(f"{base}/api/batch", json.dumps({"folder": "ok"}).encode(), auth)
+        assert code == 400 and b"no images of the model's classes" in body     # inside: read (and empty)

@@ -42,3 +42,6 @@ class WebConfig(_Listener):
     review_dir: Str = Field("", description="relabelled captures go to <review_dir>/<class>/ "
                                             "(default <run_dir>/review)")
     preview_fps: Float = Field(5.0, gt=0, le=30, description="the live view drops frames, sorting never waits for it")
+    batch_root: Str = Field("", description="batch tests may read server folders inside this one only "
+                                            "('' : uploaded zips only)")
+    batch_max_mb: Int = Field(200, ge=1, le=4096, description="largest zip a batch test accepts")

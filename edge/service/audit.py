@@ -8,6 +8,8 @@ fsync, rename) under a disk quota; a full disk stops capturing, never sorting.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import queue
@@ -18,13 +20,14 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import cv2
 import numpy as np
 
 from edge.config import AuditConfig
 from edge.files import atomic_write
+from edge.service.telemetry import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +255,9 @@ class AuditLog(threading.Thread):
         with closing(self._reader()) as db, db:
             db.execute("INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?)", (decision_id, label, time.time(), path))
 
+    def export_csv(self, since: float, until: float) -> Iterator[str]:
+        return export_csv(self.path, since, until)
+
     def close(self) -> None:
         self._closing = True
         if self.started:
@@ -261,3 +267,46 @@ class AuditLog(threading.Thread):
                 log.error("audit writer not draining: %d queued rows lost at shutdown", self._queue.qsize())
             self.join(timeout=10)
         self.db.close()
+
+
+# -- CSV export (operator page and `scrapsort audit export`) -----------------------------------
+EXPORT_COLUMNS = ("id", "time_utc", "t_wall", "item_id", "class", "confidence", "top3", "bin", "reason",
+                  *(f"{stage}_ms" for stage in STAGES), "model_sha256")
+
+
+def export_csv(db_path: Path, since: float, until: float, chunk: int = 500) -> Iterator[str]:
+    """Decisions with since <= t_wall < until as CSV text, a chunk of rows at a time, read
+    through its own connection (the writer never waits for an export)."""
+    if not Path(db_path).is_file():
+        raise FileNotFoundError(f"{db_path}: no audit log")
+    out, writer = _csv_buffer()
+    writer.writerow(EXPORT_COLUMNS)
+    yield _take(out)
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)) as db:
+        cursor = db.execute("SELECT id, t_wall, item_id, class, confidence, top3, bin, reason, latency_ms, "
+                            "model_sha256 FROM decisions WHERE t_wall >= ? AND t_wall < ? ORDER BY id", (since, until))
+        while rows := cursor.fetchmany(chunk):
+            for row in rows:
+                writer.writerow(_export_row(row))
+            yield _take(out)
+
+
+def _export_row(row) -> list:
+    id_, t_wall, item_id, label, confidence, top3, bin_, reason, latency, sha = row
+    latency = json.loads(latency)
+    top = " | ".join(f"{t['class']}:{t['confidence']:.4f}" for t in json.loads(top3))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_wall)) + f".{int(t_wall % 1 * 1000):03d}Z"
+    return [id_, when, f"{t_wall:.3f}", item_id, label, f"{confidence:.4f}", top, bin_ or "", reason,
+            *(f"{latency[s]:.3f}" if latency.get(s) is not None else "" for s in STAGES), sha[:12]]
+
+
+def _csv_buffer():
+    out = io.StringIO()
+    return out, csv.writer(out)
+
+
+def _take(out: io.StringIO) -> str:
+    text = out.getvalue()
+    out.seek(0)
+    out.truncate()
+    return text

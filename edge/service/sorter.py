@@ -139,6 +139,7 @@ class Sorter:
         links_ok = True
         for actuator in self.actuators:
             healthy, was = actuator.healthy(), self._link_state.get(id(actuator), True)
+            self.telemetry.link(actuator.name, healthy)
             links_ok &= healthy or not actuator.fires
             if healthy == was:
                 continue

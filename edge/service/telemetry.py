@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Deque, Dict, List
+from typing import Deque, Dict, List, Optional
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest)
 
+from edge.service.history import History
 from edge.stats import percentiles
 
+REJECT_REASONS = ("low_confidence", "invalid_output")  # the reject bin's reasons
 STAGES = ("frame_age", "preprocess", "inference", "postprocess", "capture_to_decision")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -53,6 +55,9 @@ class Telemetry:
                                        registry=self.registry, buckets=LATENCY_BUCKETS_S)
         self.ejection_error = Histogram("ejection_error_seconds", "|fired - exact crossing time| of each pulse",
                                         namespace="scrapsort", registry=self.registry, buckets=LATENCY_BUCKETS_S)
+        self.link_up = Gauge("actuator_link_up", "1 while the link to an actuator (PLC, broker, GPIO) is up",
+                             ["actuator"], namespace="scrapsort", registry=self.registry)
+        self.history = History()
         self._lock = threading.Lock()
         self.recent: Deque[dict] = deque(maxlen=window)  # recent decisions, for the page and the demo's truth check
         self._latency: Dict[str, Deque[float]] = {stage: deque(maxlen=window) for stage in STAGES}
@@ -67,10 +72,15 @@ class Telemetry:
         for stage, seconds in latency_s.items():
             self.stage_latency.labels(stage).observe(seconds)
         self.frame_age.set(latency_s["frame_age"])
+        self.history.decision(row["class"], row["confidence"], row["reason"] in REJECT_REASONS, latency_s)
         with self._lock:
             self.recent.append(row)
             for stage, seconds in latency_s.items():
                 self._latency[stage].append(seconds)
+
+    def link(self, actuator: str, healthy: bool) -> None:
+        self.link_up.labels(actuator).set(1 if healthy else 0)
+        self.history.link(actuator, healthy)
 
     def pulse(self, fired) -> None:
         self.ejections.labels(str(fired.output)).inc()
@@ -94,6 +104,10 @@ class Telemetry:
         with self._lock:
             return {stage: percentiles(list(values)[-last:] if last else list(values))
                     for stage, values in self._latency.items()}
+
+    def last_decision(self) -> Optional[dict]:
+        with self._lock:
+            return self.recent[-1] if self.recent else None
 
     def recent_decisions(self) -> List[dict]:
         with self._lock:

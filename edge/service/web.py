@@ -1,16 +1,19 @@
-"""Operator web page served by the daemon: live view, status, classify, review queue, controls.
+"""Operator web page served by the daemon: live view, status, charts, camera and upload
+classification, batch tests, review queue, controls and the audit CSV export.
 
 The live view encodes the newest frame at `preview_fps` for each viewer: preview frames are
 dropped, sorting frames never wait. Control actions (pause, resume, force a bin, relabel)
 and classification need the configured token (without one the page is view-only); binding
 anywhere but loopback without one is refused at start. Uploads are checked for size and
 pixel count before they are decoded.
-Capture names are resolved inside the captures folder only. Classification runs on the
-page's own backend instance, at most CLASSIFY_WORKERS at a time.
+Capture names are resolved inside the captures folder only. Classification and batch tests
+run on the page's own model instances with one inference thread each (the sorting loop
+keeps its buffers and the other cores), at most CLASSIFY_WORKERS requests at a time.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -24,13 +27,15 @@ from urllib.parse import unquote
 import cv2
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edge.config import Config
-from edge.errors import ConfigError, ImageError
+from edge.errors import ConfigError, DataError, ImageError
 from edge.secrets import read_secret
+from edge.service.batch_test import BatchTests, BusyError
 from edge.service.http import app, read_body
+from edge.vision.batch import results_csv
 from edge.vision.images import decode_image
 
 PAGE = Path(__file__).with_name("webui.html")
@@ -60,33 +65,55 @@ class OperatorWeb:
         self._classifier = None
         self._classify_lock = threading.Lock()
         self._classify_slots = asyncio.Semaphore(CLASSIFY_WORKERS)
+        self.batch = BatchTests(self._page_classifier, sorter.model.classes, config.run_path / "batch",
+                                Path(config.web.batch_root) if config.web.batch_root else None)
 
     # -- data ------------------------------------------------------------------------------
     def status(self) -> dict:
         sorter, telemetry = self.sorter, self.sorter.telemetry
         ok, health = sorter.health()
-        decisions = telemetry.recent_decisions()
-        recent = [d for d in decisions if d["t_wall"] > time.time() - 60]
+        last = telemetry.last_decision()
         return {"ready": ok, "health": health, "items": telemetry.decisions, "per_class": telemetry.per_class(),
-                "rejects": telemetry.total(telemetry.rejects), "items_per_minute": len(recent),
+                "rejects": telemetry.total(telemetry.rejects), "items_per_minute": telemetry.history.items_last_minute(),
                 "pulses": telemetry.total(telemetry.ejections), "stale": telemetry.total(telemetry.stale),
                 "dropped": telemetry.total(telemetry.dropped), "latency_ms": telemetry.latency_ms(last=500),
                 "actuators": [{"name": a.name, "healthy": a.healthy()} for a in sorter.actuators],
                 "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
                 "runs_on": sorter.backend.runs_on,
                 "bins": sorter.decider.bins, "classes": list(sorter.model.classes),
-                "last": {k: decisions[-1][k] for k in ("item_id", "class", "confidence", "bin", "reason")}
-                if decisions else None}
+                "last": {k: last[k] for k in ("item_id", "class", "confidence", "bin", "reason")} if last else None}
 
-    def classify(self, data: bytes) -> dict:
+    @contextlib.contextmanager
+    def _page_classifier(self):
+        """A model instance of the page's own, with one inference thread."""
         from edge.vision.backends import open_backend
         from edge.vision.predict import Classifier
 
+        path = Path(self.sorter.model.path)
+        backend = open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+        try:
+            yield Classifier(backend)
+        finally:
+            backend.close()
+
+    def classify(self, data: bytes) -> dict:
         image = decode_image(data, "upload", max_pixels=MAX_UPLOAD_PIXELS)
         with self._classify_lock:  # its own backend instance: the sorting loop's buffers stay its own
             if self._classifier is None:
-                self._classifier = Classifier(open_backend(self.sorter.model.path))
+                self._classifier_scope = contextlib.ExitStack()
+                self._classifier = self._classifier_scope.enter_context(self._page_classifier())
             return self._classifier.classify(image, top=3)
+
+    def save_for_review(self, data: bytes, label: str) -> str:
+        """A camera frame the operator files under a class (the review folder, as relabelled captures)."""
+        if label not in self.sorter.model.classes:
+            raise ValueError(f"unknown class {label!r}")
+        decode_image(data, "camera frame", max_pixels=MAX_UPLOAD_PIXELS)  # only real images are kept
+        target = self.review_dir / label / f"camera-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self.sorter.audit.event("camera_frame_saved", {"label": label, "file": str(target)})
+        return str(target)
 
     def review_queue(self) -> list:
         return [{**{k: v for k, v in item.items() if k != "capture"}, "image": f"/captures/{item['capture']}"}
@@ -133,9 +160,8 @@ class OperatorWeb:
         if frame is None:
             return None
         image = frame.image.copy()
-        decisions = self.sorter.telemetry.recent_decisions()
-        if decisions:
-            last = decisions[-1]
+        last = self.sorter.telemetry.last_decision()
+        if last:
             text = f"#{last['item_id']} {last['class']} {last['confidence']:.2f} -> {last['bin'] or 'none'}"
             cv2.rectangle(image, (0, 0), (image.shape[1], 28), (0, 0, 0), -1)
             cv2.putText(image, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
@@ -162,7 +188,15 @@ class OperatorWeb:
             Route("/api/classify", self._classify, methods=["POST"]),
             Route("/api/control", self._control, methods=["POST"]),
             Route("/api/review/{decision_id:int}", self._relabel, methods=["POST"]),
-        ], {ImageError: 400, ValueError: 400, KeyError: 404, PermissionError: 403})
+            Route("/api/review/camera", self._save_camera_frame, methods=["POST"]),
+            Route("/api/history", self._history, methods=["GET"]),
+            Route("/api/audit.csv", self._audit_csv, methods=["GET"]),
+            Route("/api/batch", self._batch_start, methods=["POST"]),
+            Route("/api/batch/{job:int}", self._batch_status, methods=["GET"]),
+            Route("/api/batch/{job:int}/results.{fmt:str}", self._batch_results, methods=["GET"]),
+            Route("/api/batch/{job:int}/image/{index:int}", self._batch_image, methods=["GET"]),
+        ], {ImageError: 400, DataError: 400, ValueError: 400, KeyError: 404, IndexError: 404,
+            PermissionError: 403, BusyError: 409})
 
     async def _page(self, request: Request):
         return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
@@ -184,6 +218,9 @@ class OperatorWeb:
 
     async def _json_action(self, request: Request) -> dict:
         self.require_token(request)
+        return await self._json_body(request)
+
+    async def _json_body(self, request: Request) -> dict:
         try:
             data = json.loads(await read_body(request, MAX_CONTROL) or b"{}")
         except json.JSONDecodeError:
@@ -201,6 +238,50 @@ class OperatorWeb:
         target = await run_in_threadpool(self.relabel, request.path_params["decision_id"], str(data.get("label", "")))
         return JSONResponse({"saved": target})
 
+    async def _save_camera_frame(self, request: Request):
+        self.require_token(request)
+        body = await read_body(request, MAX_UPLOAD)
+        label = request.query_params.get("label", "")
+        return JSONResponse({"saved": await run_in_threadpool(self.save_for_review, body, label)})
+
+    async def _history(self, request: Request):
+        return JSONResponse(self.sorter.telemetry.history.series(), headers={"Cache-Control": "no-store"})
+
+    async def _audit_csv(self, request: Request):
+        since, until = (_epoch(request.query_params.get(k), default) for k, default in
+                        (("since", 0.0), ("until", time.time() + 1)))
+        rows = self.sorter.audit.export_csv(since, until)
+        name = time.strftime("scrapsort-audit-%Y%m%d-%H%M%S.csv", time.localtime(since if since else time.time()))
+        return StreamingResponse(iterate_in_threads(rows), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                          "Cache-Control": "no-store"})
+
+    async def _batch_start(self, request: Request):
+        self.require_token(request)
+        if request.headers.get("content-type", "").startswith("application/json"):
+            data = await self._json_body(request)
+            job = await run_in_threadpool(self.batch.start_folder, str(data.get("folder", "")))
+        else:
+            body = await read_body(request, self.config.web.batch_max_mb << 20)
+            job = await run_in_threadpool(self.batch.start_zip, body)
+        return JSONResponse(job.view(), status_code=202)
+
+    async def _batch_status(self, request: Request):
+        return JSONResponse(self.batch.get(request.path_params["job"]).view(), headers={"Cache-Control": "no-store"})
+
+    async def _batch_results(self, request: Request):
+        job, fmt = self.batch.get(request.path_params["job"]), request.path_params["fmt"]
+        if job.report is None or fmt not in ("json", "csv"):
+            raise KeyError("no results (yet) in that form: results.json or results.csv once the test is done")
+        name = f"batch-test-{job.id}.{fmt}"
+        body = json.dumps(job.view(), indent=1) if fmt == "json" else results_csv(job.report)
+        return Response(body, media_type="application/json" if fmt == "json" else "text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    async def _batch_image(self, request: Request):
+        job = self.batch.get(request.path_params["job"])
+        return FileResponse(job.image(request.path_params["index"]))
+
     async def _stream(self, request: Request):
         period = 1.0 / self.config.web.preview_fps
 
@@ -215,3 +296,23 @@ class OperatorWeb:
         return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
                                  headers={"Cache-Control": "no-store"})
 
+
+
+def _epoch(value: Optional[str], default: float) -> float:
+    """Unix seconds from a query parameter (the page converts its local date-times)."""
+    if value in (None, ""):
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"since/until must be Unix seconds, got {value!r}") from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError("since/until must be finite")
+    return seconds
+
+
+async def iterate_in_threads(rows):
+    """A blocking generator (SQLite reads) consumed without blocking the event loop."""
+    sentinel = object()
+    while (chunk := await run_in_threadpool(next, rows, sentinel)) is not sentinel:
+        yield chunk
