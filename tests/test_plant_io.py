@@ -263,6 +263,24 @@ def test_mqtt_credentials(tmp_path, caplog):
         broker.stop()
 
 
+def test_fault_a_broker_answering_before_the_client_is_stored_is_handled(monkeypatch, caplog):
+    """paho calls on_connect on its own thread, possibly before connect_async/loop_start return;
+    the actuator once stored its client only afterwards, so a fast refusal crashed the callback
+    (AttributeError) and the refusal was never logged. Here the callback runs synchronously."""
+    import paho.mqtt.client as paho
+
+    from edge.plant.mqtt import MqttActuator
+
+    refused = type("Reason", (), {"is_failure": True, "__str__": lambda self: "Not authorized"})()
+    monkeypatch.setattr(paho.Client, "loop_start", lambda client: client.on_connect(client, None, {}, refused, None))
+    monkeypatch.setattr(paho.Client, "connect_async", lambda client, *a, **kw: None)
+    monkeypatch.setattr(paho.Client, "loop_stop", lambda client: None)
+    monkeypatch.setattr(paho.Client, "disconnect", lambda client, *a, **kw: None)
+    actuator = MqttActuator(mqtt_cfg(1, timeout_s=0.05), max_pulse_s=0.1)
+    assert not actuator.healthy() and "refused the connection: Not authorized" in caplog.text
+    actuator.close()
+
+
 # -- GPIO ------------------------------------------------------------------------------------
 class RecordingLines:
     """Stands in for the kernel's gpio-sim, which this machine does not offer (no configfs

@@ -54,13 +54,16 @@ class MqttActuator(Actuator):
         self._awaiting: Dict[int, float] = {}   # mid of an eject command -> monotonic deadline for its PUBACK
         self._early_acks: "OrderedDict[int, bool]" = OrderedDict()
         self._stop = threading.Event()
-        self.client = self._open_session()
+        self.client = None
+        self._open_session()
         self._connected.wait(cfg.timeout_s * 4)
         self._watch = threading.Thread(target=self._watch_acks, name="mqtt-acks", daemon=True)
         self._watch.start()
 
     # -- session ---------------------------------------------------------------------------
-    def _open_session(self):
+    def _open_session(self) -> None:
+        """A new client as self.client, set before it connects: its callbacks run on paho's
+        thread and may come before connect_async returns."""
         mqtt, cfg = self.mqtt, self.cfg
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"scrapsort-{os.getpid()}",
                              protocol=mqtt.MQTTv5)
@@ -71,10 +74,10 @@ class MqttActuator(Actuator):
         client.will_set(self.availability, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect, client.on_disconnect, client.on_publish = self._on_connect, self._on_disconnect, self._on_ack
+        self.client = client
         client.connect_async(cfg.host, cfg.port or (8883 if cfg.tls else 1883), keepalive=cfg.keepalive_s,
                              clean_start=True)
         client.loop_start()
-        return client
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if client is not self.client:
@@ -119,7 +122,7 @@ class MqttActuator(Actuator):
         with self._lock:
             self._awaiting.clear()
             self._early_acks.clear()
-        self.client = self._open_session()
+        self._open_session()
         _reset(old)
 
     @property
