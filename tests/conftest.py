@@ -156,6 +156,7 @@ def run_sim(config):
 def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
     """Every item decided once, every ejecting decision fired once at its ejector, on time."""
     assert summary["items_decided"] == summary["items_on_belt"]
+    assert summary["entered"] == summary["decisions"] + summary["unclassified"] == summary["items_on_belt"]
     assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
     assert summary["pulses_to_wrong_output"] == 0
     ejecting = [d for d in sorter.telemetry.recent_decisions() if d["bin"] in sorter.ejectors]

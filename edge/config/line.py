@@ -91,8 +91,14 @@ class SimulatorConfig(Section):
     dataset: Str = "../shared/datasets/trashnet"
     split: Literal["train", "val", "test"] = Field("test", description="items drawn from this split of the manifest")
     items: Int = Field(30, ge=1)
-    spacing_mm: Float = Field(300.0, gt=0)
-    item_length_mm: Float = Field(160.0, gt=0)
+    spacing_mm: Float = Field(300.0, gt=0, description="between rows of items, along the belt")
+    item_length_mm: Float = Field(160.0, gt=0, description="an item's size along the belt before rotation")
+    abreast: Int = Field(1, ge=1, le=6, description="items side by side in a row, across the belt")
+    lateral_gap_mm: Float = Field(40.0, description="between neighbours in a row (0: touching, below 0: overlapping)")
+    touching_fraction: Float = Field(0.0, ge=0, le=1, description="rows whose items touch, whatever lateral_gap_mm")
+    lateral_jitter_mm: Float = Field(0.0, ge=0, description="random shift of each row across the belt, +-")
+    size_variation: Float = Field(0.0, ge=0, le=0.5, description="item length varies by +- this fraction")
+    rotation_deg: Float = Field(0.0, ge=0, le=90, description="items turned by up to +- this angle")
     speed_variation: Float = Field(0.0, ge=0, lt=1, description="0.3: belt speed swings +-30% (sine), read "
                                                                 "through the encoder")
     speed_period_s: Float = Field(4.0, gt=0)

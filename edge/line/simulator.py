@@ -4,6 +4,10 @@ Renders camera frames in real time from a class-folder tree (TrashNet), moves th
 constant or swinging speed (read through a simulated encoder), offers a photo-eye input,
 and knows for every item its label, where it was at any time and when its centre passes
 each ejector, so the whole loop can be checked against the truth. For the demo and tests.
+
+Items come in rows along the belt: one item per row (single file, centred) by default, or
+several abreast with a gap (or touching), shifted, resized and turned at random (seeded).
+The image's x axis is the belt direction, its y axis the belt width; both at mm_per_px.
 """
 from __future__ import annotations
 
@@ -33,8 +37,14 @@ class SimItem:
     index: int
     label: str
     path: str
-    image: np.ndarray    # scaled to its size on the belt
+    image: np.ndarray    # scaled and turned as it lies on the belt
+    mask: np.ndarray     # which pixels of `image` are the item
     s_mm: float          # belt coordinate: world x of the centre = belt_position - s_mm
+    y_mm: float = 0.0    # across the belt: centre relative to the camera's centre line (image y, down +)
+    length_mm: float = 0.0   # extent along the belt
+    width_mm: float = 0.0    # extent across the belt
+    angle_deg: float = 0.0
+    row: int = 0
 
 
 class BeltMotion:
@@ -65,22 +75,52 @@ class SimulatedConveyor(Source):
         self.rng = np.random.default_rng(sim.seed)
         self.items = self._place(items if items is not None else sample_items(config), sim)
         last_ejector = max((e.position_mm for e in config.decision.ejectors), default=0.0)
-        self.end_position = self.items[-1].s_mm + last_ejector + sim.item_length_mm if self.items else 0.0
+        self.end_position = max((i.s_mm + i.length_mm for i in self.items), default=0.0) + last_ejector
         self.background = np.full((self.height, self.width, 3), BELT_GREY, np.uint8)
         self.t0: Optional[float] = None
         self.seq = 0
         self._lock = threading.Lock()
 
     def _place(self, items: List[tuple], sim) -> List[SimItem]:
-        length_px = int(sim.item_length_mm / self.mm_per_px)
+        rng = random.Random(sim.seed)
         placed = []
-        start = self.width / 2 * self.mm_per_px + sim.item_length_mm  # first item just upstream of view
-        for i, (label, path) in enumerate(items):
-            photo = read_image(path)
-            height_px = min(int(length_px * photo.shape[0] / photo.shape[1]), self.height - 8)
-            image = cv2.resize(photo, (length_px, height_px), interpolation=cv2.INTER_AREA)
-            placed.append(SimItem(i, label, str(path), image, start + i * sim.spacing_mm))
+        start = self.width / 2 * self.mm_per_px + sim.item_length_mm * (1 + sim.size_variation) * 1.5
+        for i, (label, path) in enumerate(items):  # upstream of the view, row after row
+            row, slot = divmod(i, sim.abreast)
+            length = sim.item_length_mm * (1 + rng.uniform(-sim.size_variation, sim.size_variation))
+            angle = rng.uniform(-sim.rotation_deg, sim.rotation_deg)
+            image, mask = self._item_image(read_image(path), length, angle)
+            placed.append(SimItem(i, label, str(path), image, mask, start + row * sim.spacing_mm, 0.0,
+                                  image.shape[1] * self.mm_per_px, image.shape[0] * self.mm_per_px, angle, row))
+        for row in sorted({item.row for item in placed}):
+            self._spread_across([item for item in placed if item.row == row], sim, rng)
         return placed
+
+    def _item_image(self, photo: np.ndarray, length_mm: float, angle: float):
+        """The photo at its size on the belt, turned by `angle`, with the mask of its pixels."""
+        length_px = max(8, int(length_mm / self.mm_per_px))
+        height_px = max(8, min(int(length_px * photo.shape[0] / photo.shape[1]), self.height - 8))
+        image = cv2.resize(photo, (length_px, height_px), interpolation=cv2.INTER_AREA)
+        mask = np.full(image.shape[:2], 255, np.uint8)
+        if not angle:
+            return image, mask
+        turn = cv2.getRotationMatrix2D((length_px / 2, height_px / 2), angle, 1.0)
+        cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+        w, h = int(height_px * sin + length_px * cos) + 1, int(height_px * cos + length_px * sin) + 1
+        turn[0, 2] += w / 2 - length_px / 2
+        turn[1, 2] += h / 2 - height_px / 2
+        return (cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR),
+                cv2.warpAffine(mask, turn, (w, h), flags=cv2.INTER_NEAREST))
+
+    def _spread_across(self, row: List[SimItem], sim, rng: random.Random) -> None:
+        """Side by side across the belt, `lateral_gap_mm` apart (0 when the row touches),
+        centred on the belt with a random shift."""
+        gap = 0.0 if rng.random() < sim.touching_fraction else sim.lateral_gap_mm
+        total = sum(item.width_mm for item in row) + gap * (len(row) - 1)
+        edge = -total / 2 + rng.uniform(-sim.lateral_jitter_mm, sim.lateral_jitter_mm)
+        for item in row:
+            item.y_mm = edge + item.width_mm / 2
+            edge += item.width_mm + gap
 
     # -- time and position -------------------------------------------------------------
     def start(self) -> None:
@@ -104,17 +144,20 @@ class SimulatedConveyor(Source):
 
     def photo_eye(self) -> bool:
         """True while an item covers the beam at trigger.photo_eye_position_mm."""
-        now, eye, half = time.monotonic(), self.config.trigger.photo_eye_position_mm, self.config.simulator.item_length_mm / 2
-        return any(abs(self.world_x(item, now) - eye) <= half for item in self.items)
+        now, eye = time.monotonic(), self.config.trigger.photo_eye_position_mm
+        return any(abs(self.world_x(item, now) - eye) <= item.length_mm / 2 for item in self.items)
 
     def truth_time(self, item: SimItem, position_mm: float) -> float:
         """Monotonic time at which the item's centre passes world position `position_mm`."""
         self.start()
         return self.t0 + self.motion.time_at(position_mm + item.s_mm)
 
-    def item_at(self, t: float, x_mm: float, tolerance_mm: float = 40.0) -> Optional[SimItem]:
-        best = min(self.items, key=lambda item: abs(self.world_x(item, t) - x_mm), default=None)
-        return best if best is not None and abs(self.world_x(best, t) - x_mm) <= tolerance_mm else None
+    def item_at(self, t: float, x_mm: float, y_mm: float = 0.0, tolerance_mm: float = 40.0) -> Optional[SimItem]:
+        """The item whose centre was nearest (x, y) at time t, if within `tolerance_mm`."""
+        def distance(item):
+            return math.hypot(self.world_x(item, t) - x_mm, item.y_mm - y_mm)
+        best = min(self.items, key=distance, default=None)
+        return best if best is not None and distance(best) <= tolerance_mm else None
 
     def finished(self) -> bool:
         return self.belt_mm() > self.end_position
@@ -137,10 +180,12 @@ class SimulatedConveyor(Source):
         for item in self.items:
             h, w = item.image.shape[:2]
             left = int(round(self.width / 2 + self.world_x(item, now) / self.mm_per_px - w / 2))
-            top = (self.height - h) // 2
+            top = int(round(self.height / 2 + item.y_mm / self.mm_per_px - h / 2))
             x0, x1 = max(left, 0), min(left + w, self.width)
-            if x0 < x1:
-                frame[top:top + h, x0:x1] = item.image[:, x0 - left:x1 - left]
+            y0, y1 = max(top, 0), min(top + h, self.height)
+            if x0 < x1 and y0 < y1:
+                patch, keep = item.image[y0 - top:y1 - top, x0 - left:x1 - left], item.mask[y0 - top:y1 - top, x0 - left:x1 - left]
+                np.copyto(frame[y0:y1, x0:x1], patch, where=keep[..., None] > 0)
         return frame
 
 

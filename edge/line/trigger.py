@@ -1,8 +1,11 @@
 """When is an item under the camera? Vision (background subtraction) or a photo-eye.
 
 Each trigger turns frames into Observations: the item's crop, where it was (world x in mm
-from the camera centre) and where the belt was when the frame was taken. Items are
-tracked by belt coordinate, so one item is classified once however many frames show it.
+from the camera centre along the belt, y across it), its extent, and where the belt was
+when the frame was taken. The vision trigger finds every item in the frame (touching ones
+split, edge.line.segment) and follows each by belt motion (edge.line.track), so items side
+by side or close in line are classified once each, and every item that entered the view
+ends decided or counted unclassified with its reason.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import numpy as np
 
 from edge.line.belt import BeltTracker
 from edge.config import Config
+from edge.line.segment import Segment, segments
 from edge.line.sources import Frame
+from edge.line.track import Detection, Tracker
 
 
 BACKGROUND_ADAPT = 0.01   # per frame: about 3 s to follow a lighting change at 30 fps
@@ -31,6 +36,10 @@ class Observation:
     t_capture: float
     encoder: Optional[int]
     frame_seq: int
+    y_mm: float = 0.0         # item centre across the belt, from the camera's centre line
+    length_mm: float = 0.0    # extent along the belt
+    width_mm: float = 0.0     # extent across the belt
+    angle_deg: float = 0.0
 
 
 class _SeenItems:
@@ -49,19 +58,30 @@ class _SeenItems:
 
 class Trigger:
     """Turns frames into Observations; items it sees but cannot observe are kept, with the
-    reason, for take_unclassified(), so no item leaves the view without a trace."""
+    reason, for take_unclassified(), so no item leaves the view without a trace, and the
+    items that entered the view are counted for take_entered()."""
 
     def __init__(self):
         self._unclassified: List[str] = []
+        self._entered = 0
         self._lock = threading.Lock()
 
     def _lost(self, reason: str) -> None:
         with self._lock:
             self._unclassified.append(reason)
 
+    def _enter(self, count: int = 1) -> None:
+        with self._lock:
+            self._entered += count
+
     def take_unclassified(self) -> List[str]:
         with self._lock:
             taken, self._unclassified = self._unclassified, []
+        return taken
+
+    def take_entered(self) -> int:
+        with self._lock:
+            taken, self._entered = self._entered, 0
         return taken
 
     def close(self) -> None:
@@ -72,13 +92,12 @@ class VisionTrigger(Trigger):
     def __init__(self, config: Config, belt: BeltTracker):
         super().__init__()
         self.cfg, self.line, self.belt = config.trigger, config.line, belt
-        self.seen = _SeenItems(self.cfg.min_gap_mm)
+        self.tracker = Tracker()
         self.background: Optional[np.ndarray] = None
         self._learned, self._sum = 0, None
         self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
         join = max(3, int(self.cfg.join_mm / self.line.mm_per_px) | 1)
         self.join_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (join, join))
-        self._spanning = False  # an item longer than the view is in it
 
     def _roi(self, image: np.ndarray):
         h, w = image.shape[:2]
@@ -87,51 +106,64 @@ class VisionTrigger(Trigger):
 
     def observe(self, frame: Frame) -> List[Observation]:
         x0, y0, rw, rh = self._roi(frame.image)
-        grey = cv2.cvtColor(frame.image[y0:y0 + rh, x0:x0 + rw], cv2.COLOR_BGR2GRAY).astype(np.float32)
+        mask = self._foreground(frame.image[y0:y0 + rh, x0:x0 + rw])
+        if mask is None:
+            return []
+        belt_mm = self.belt.position_at_capture(frame.t_capture, frame.encoder)
+        found = segments(mask, int(self.cfg.min_area * rw * rh))
+        detections = [self._detection(seg, frame, (x0, y0, rw, rh), belt_mm) for seg in found]
+        segment_of = {id(d): seg for d, seg in zip(detections, found)}
+        pairs, ended = self.tracker.update(detections)
+        entered = self.tracker.entered
+        self.tracker.entered = 0
+        if entered:
+            self._enter(entered)
+        for track in ended:
+            if not track.decided:
+                self._lost(track.reason_undecided())
+        observations = []
+        for track, detection in pairs:
+            seg = segment_of[id(detection)]
+            if track.decided or not detection.whole or seg.centre[0] < rw / 2:
+                continue  # classify at the trigger line (ROI centre), the whole item in view, once
+            track.decided = True
+            observations.append(self._observation(track.id, frame, seg, (x0, y0), belt_mm, detection))
+        return observations
+
+    def _foreground(self, roi: np.ndarray) -> Optional[np.ndarray]:
+        grey = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)
         if self._learned < self.cfg.learn_frames:  # the empty belt, averaged
             self._sum = grey if self._sum is None else self._sum + grey
             self._learned += 1
             self.background = (self._sum / self._learned).astype(np.float32)
-            return []
+            return None
         mask = (cv2.absdiff(grey, self.background) > self.cfg.diff_threshold).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self.kernel)
         # Follow slow lighting and belt changes where no item is: a plant runs for months.
         cv2.accumulateWeighted(grey, self.background, BACKGROUND_ADAPT, mask=(1 - mask))
         # Join the parts of one item that differ little from the belt (a pale edge, a shadow):
         # a fragment's centre would misplace the item and its ejection.
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        observations, spanning = [], False
-        margin = self.cfg.edge_margin_px
-        for contour in contours:
-            bx, by, bw, bh = cv2.boundingRect(contour)
-            if bw * bh < self.cfg.min_area * rw * rh:
-                continue
-            if bx <= margin and bx + bw >= rw - margin:  # across the whole view: never fully in it
-                spanning = True
-                continue
-            if bx <= margin or bx + bw >= rw - margin:  # not fully in view along the belt yet
-                continue
-            if bx + bw / 2 < rw / 2:  # classify at the trigger line (ROI centre): the whole item is in view
-                continue
-            obs = self._observation(frame, (x0 + bx, y0 + by, bw, bh))
-            if obs is not None:
-                observations.append(obs)
-        if spanning and not self._spanning:
-            self._lost("too long for the view")
-        self._spanning = spanning
-        return observations
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel)
 
-    def _observation(self, frame: Frame, bbox) -> Optional[Observation]:
-        x, y, w, h = bbox
-        width = frame.image.shape[1]
-        x_mm = (x + w / 2 - width / 2) * self.line.mm_per_px
-        belt_mm = self.belt.position_at_capture(frame.t_capture, frame.encoder)
-        item_id = self.seen.new(belt_mm - x_mm)
-        if item_id is None:
-            return None
-        crop = frame.image[y:y + h, x:x + w].copy()
-        return Observation(item_id, crop, bbox, x_mm, belt_mm, frame.t_capture, frame.encoder, frame.seq)
+    def _detection(self, seg: Segment, frame: Frame, roi, belt_mm: float) -> Detection:
+        x0, y0, rw, rh = roi
+        bx, by, bw, bh = seg.bbox
+        margin = self.cfg.edge_margin_px
+        at_start, at_end = bx <= margin, bx + bw >= rw - margin
+        height, width = frame.image.shape[:2]
+        x_mm = (x0 + bx + bw / 2 - width / 2) * self.line.mm_per_px
+        y_mm = (y0 + by + bh / 2 - height / 2) * self.line.mm_per_px
+        return Detection(belt_mm - x_mm, y_mm, bw * self.line.mm_per_px, bh * self.line.mm_per_px,
+                         whole=not (at_start or at_end), spanning=at_start and at_end)
+
+    def _observation(self, item_id: str, frame: Frame, seg: Segment, origin, belt_mm: float,
+                     detection: Detection) -> Observation:
+        bx, by, bw, bh = seg.bbox
+        x, y = origin[0] + bx, origin[1] + by
+        crop = frame.image[y:y + bh, x:x + bw].copy()
+        return Observation(item_id, crop, (x, y, bw, bh), belt_mm - detection.s_mm, belt_mm, frame.t_capture,
+                           frame.encoder, frame.seq, detection.y_mm, detection.length_mm, detection.width_mm,
+                           seg.angle_deg)
 
 
 class PhotoEyeTrigger(Trigger):
@@ -161,6 +193,7 @@ class PhotoEyeTrigger(Trigger):
             if blocked and not was_blocked:
                 with self._edges:
                     self.pending.append(self.belt.position())
+                self._enter()
             was_blocked = blocked
 
     def close(self) -> None:
@@ -184,12 +217,14 @@ class PhotoEyeTrigger(Trigger):
                 self._lost("passed between frames")  # missed, never guessed
                 continue
             item_id = self.seen.new(belt_mm - centre)
-            if item_id is None:
+            if item_id is None:  # a second edge within min_gap_mm of the last item: one item, counted
+                self._lost("too close to the item before")
                 continue
             left = int(width / 2 + (centre - length / 2) / self.line.mm_per_px)
             right = int(width / 2 + (centre + length / 2) / self.line.mm_per_px)
             bbox = (max(left, 0), 0, min(right, width) - max(left, 0), height)
             crop = frame.image[:, bbox[0]:bbox[0] + bbox[2]].copy()
             observations.append(Observation(item_id, crop, bbox, centre, belt_mm, frame.t_capture,
-                                            frame.encoder, frame.seq))
+                                            frame.encoder, frame.seq, length_mm=length,
+                                            width_mm=height * self.line.mm_per_px))
         return observations

@@ -18,6 +18,7 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
         "decisions": t.decisions, "rejects": t.total(t.rejects), "invalid_outputs": t.total(t.invalid_outputs),
         "pulses": t.total(t.ejections),
         "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "unclassified": t.total(t.unclassified),
+        "entered": t.total(t.entered), "unclassified_by_reason": t.by_label(t.unclassified, "reason"),
         "late_not_fired": t.total(t.late),
         "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
@@ -33,7 +34,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
     decisions = sorter.telemetry.recent_decisions()
     for d in decisions:
         by_id[d["item_id"]] = d
-        truth_of[d["item_id"]] = sim.item_at(d["t_capture"], d["x_mm"])
+        truth_of[d["item_id"]] = sim.item_at(d["t_capture"], d["x_mm"], d.get("y_mm", 0.0))
     matched = [i for i in truth_of.values() if i is not None]
     per_item = Counter(item.index for item in matched)
     correct = sum(1 for item_id, item in truth_of.items() if item and by_id[item_id]["class"] == item.label)
@@ -66,7 +67,10 @@ def format_summary(s: Dict) -> str:
              f"invalid model output {s['invalid_outputs']}, "
              f"pulses {s['pulses']}, stale skipped {s['stale_skipped']}, dropped {s['dropped']}, "
              f"unclassified {s['unclassified']}, "
-             f"too late (not fired) {s['late_not_fired']}"]
+             f"too late (not fired) {s['late_not_fired']}",
+             f"items that entered the view {s['entered']} = decided {s['decisions']} + unclassified "
+             f"{s['unclassified']}" + (f" ({', '.join(f'{r}: {n}' for r, n in s['unclassified_by_reason'].items())})"
+                                       if s['unclassified'] else "")]
     if "items_on_belt" in s:
         e = s["ejection_error_ms"]
         lines.append(f"items on belt {s['items_on_belt']}, decided {s['items_decided']} "

@@ -99,6 +99,7 @@ class Sorter:
     def _on_frame(self, frame: Frame) -> None:
         self.telemetry.frames.inc()
         observations = self.line.trigger.observe(frame)
+        self.telemetry.entered.inc(self.line.trigger.take_entered())
         for reason in self.line.trigger.take_unclassified():
             self.telemetry.unclassified.labels(reason).inc()
             self.audit.event("item_unclassified", {"reason": reason, "frame": frame.seq})
@@ -108,6 +109,7 @@ class Sorter:
                 if len(self._queue) >= QUEUE_LENGTH:
                     dropped = self._queue.popleft()
                     self.telemetry.dropped.inc()
+                    self.telemetry.unclassified.labels("inference behind").inc()
                     self.audit.event("item_unclassified", {"item_id": dropped.item_id, "reason": "inference behind"})
                     log.warning("inference behind: item %s dropped", dropped.item_id)
                 self._queue.append(obs)
@@ -228,7 +230,8 @@ class Sorter:
                    "capture_to_decision": t_dec - obs.t_capture}
         row = {"item_id": obs.item_id, "t_wall": time.time(), "class": decision.label,
                "confidence": decision.confidence, "top3": decision.top, "bin": decision.bin,
-               "reason": decision.reason, "x_mm": obs.x_mm, "belt_mm": obs.belt_mm, "eject_target_mm": target,
+               "reason": decision.reason, "x_mm": obs.x_mm, "y_mm": obs.y_mm, "belt_mm": obs.belt_mm,
+               "eject_target_mm": target,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
         self.audit.record(row, obs.crop, keep_crop=decision.reason in ("low_confidence", "invalid_output"))
         for actuator in self.actuators:
@@ -258,6 +261,7 @@ class Sorter:
 
     def _stale(self, obs: Observation, now: float) -> None:
         self.telemetry.stale.inc()
+        self.telemetry.unclassified.labels("stale frame").inc()
         self.audit.event("item_unclassified", {"item_id": obs.item_id, "reason": "stale frame",
                                                "age_ms": round((now - obs.t_capture) * 1000, 1)})
         log.warning("item %s: frame %.0f ms old, skipped", obs.item_id, (now - obs.t_capture) * 1000)

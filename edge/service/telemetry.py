@@ -38,7 +38,10 @@ class Telemetry:
         self.invalid_outputs = counter("invalid_outputs", "items whose model output was NaN/Inf (reject bin)")
         self.stale = counter("stale_frames", "observations skipped as older than line.max_frame_age_ms")
         self.dropped = counter("dropped_items", "observations dropped because inference fell behind")
-        self.unclassified = counter("unclassified_items", "items seen but never observed whole, by reason", ["reason"])
+        self.entered = counter("items_entered", "items that entered the camera's view: each ends decided or "
+                                                "unclassified")
+        self.unclassified = counter("unclassified_items", "items that entered the view and left it undecided, "
+                                                          "by reason", ["reason"])
         self.late = counter("late_ejections", "ejections not fired because their moment had passed")
         self.suppressed = counter("suppressed_ejections", "ejections not fired because an actuator link was down")
         self.ejections = counter("ejections", "pulses fired, by output", ["output"])
@@ -92,8 +95,11 @@ class Telemetry:
         return int(sum(s.value for m in metric.collect() for s in m.samples if s.name.endswith("_total")))
 
     def per_class(self) -> Dict[str, int]:
-        return {s.labels["class"]: int(s.value) for m in self.items.collect() for s in m.samples
-                if s.name.endswith("_total")}
+        return self.by_label(self.items, "class")
+
+    @staticmethod
+    def by_label(metric: Counter, label: str) -> Dict[str, int]:
+        return {s.labels[label]: int(s.value) for m in metric.collect() for s in m.samples if s.name.endswith("_total")}
 
     @property
     def decisions(self) -> int:

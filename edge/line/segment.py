@@ -1,0 +1,70 @@
+"""Items in a foreground mask: one segment per item, touching neighbours split.
+
+A blob holding two touching items has a waist where they meet. The distance transform
+(each pixel's distance to the belt) peaks once per item; cores above SPLIT_RATIO of the
+blob's peak are the seeds, and a watershed on the distance map gives each seed its pixels.
+A blob with one core is one item. Items that touch along a straight full edge show no
+waist and stay one segment (the tracker then reports them as merged).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import cv2
+import numpy as np
+
+SPLIT_RATIO = 0.5     # cores: where the distance to the belt is above this share of the blob's peak
+MIN_CORE_SHARE = 0.15  # a core smaller than this share of the blob's largest one is texture, not an item
+
+
+@dataclass(frozen=True)
+class Segment:
+    bbox: Tuple[int, int, int, int]   # x, y, w, h in the mask
+    centre: Tuple[float, float]       # x, y of the pixels' centroid
+    angle_deg: float                  # orientation of the minimum-area rectangle
+    area: int
+    touching: bool                    # split from a blob it shared with others
+
+
+def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    found = []
+    for label in range(1, count):
+        x, y, w, h, area = stats[label]
+        if area < min_area:
+            continue
+        blob = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
+        parts = _split(blob)
+        for part in parts:
+            if int(part.sum()) >= min_area:
+                found.append(_describe(part, x, y, touching=len(parts) > 1))
+    return found
+
+
+def _split(blob: np.ndarray) -> List[np.ndarray]:
+    padded = cv2.copyMakeBorder(blob, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
+    cores = (distance >= SPLIT_RATIO * distance.max()).astype(np.uint8)
+    count, core_labels, stats, _ = cv2.connectedComponentsWithStats(cores, connectivity=8)
+    sizes = stats[1:, cv2.CC_STAT_AREA]
+    keep = [i + 1 for i, size in enumerate(sizes) if size >= MIN_CORE_SHARE * sizes.max()]
+    if len(keep) < 2:
+        return [blob]
+    markers = np.zeros(padded.shape, np.int32)
+    for n, core in enumerate(keep, 1):
+        markers[core_labels == core] = n + 1
+    markers[padded == 0] = 1                     # the belt floods from outside
+    relief = cv2.cvtColor(cv2.normalize(-distance, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    cv2.watershed(relief, markers)
+    markers = markers[1:-1, 1:-1]
+    return [((markers == n + 1) & (blob > 0)).astype(np.uint8) for n in range(1, len(keep) + 1)]
+
+
+def _describe(part: np.ndarray, x0: int, y0: int, touching: bool) -> Segment:
+    ys, xs = np.nonzero(part)
+    points = np.column_stack([xs, ys]).astype(np.float32)
+    angle = cv2.minAreaRect(points)[2] if len(points) >= 3 else 0.0
+    x, y = int(xs.min()), int(ys.min())
+    return Segment((x0 + x, y0 + y, int(xs.max()) - x + 1, int(ys.max()) - y + 1),
+                   (x0 + float(xs.mean()), y0 + float(ys.mean())), float(angle), len(xs), touching)
