@@ -22,7 +22,7 @@ WORKSTATION_EXTRAS := train,ort,plant,test
 EXTRAS := $(if $(JETSON),$(RUNTIME_EXTRAS),$(WORKSTATION_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup peers demo test train evaluate export calibrate compare engine bench run install uninstall doctor check-data check-model
+.PHONY: help setup peers demo test train evaluate export calibrate compare engine bench bench-belt run install uninstall doctor check-data check-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ engine: ## TensorRT engine for this device: make engine PRECISION=fp16|int8 (nee
 
 bench: setup check-model ## latency (p50/p90/p99/max) + accuracy per backend x precision, daemon stages
 	$(SCRAPSORT) bench --config $(LINE) --run-dir $(RUN_DIR)
+
+bench-belt: setup check-model ## the line at three belt densities against the simulator's truth (configs/belt.yaml)
+	$(SCRAPSORT) bench --belt --config configs/belt.yaml --run-dir $(RUN_DIR)
 
 run: setup check-model ## the daemon on LINE (default: the simulated demo line)
 	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR)

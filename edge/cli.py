@@ -175,6 +175,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge.service.bench import bench, markdown
 
     config = _config(args)
+    if args.belt:
+        from edge.service.belt_bench import belt_bench, markdown as belt_markdown
+
+        print(belt_markdown(belt_bench(config, items=args.belt_items)))
+        print(f"written: {config.run_path / 'bench'}/belt.json, belt.md")
+        return 0
     result = bench(config, iterations=args.iterations, warmup=args.warmup, accuracy=not args.no_accuracy,
                    daemon_items=args.daemon_items)
     print(markdown(result))
@@ -282,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-accuracy", action="store_true", help="latency only (no test-split pass)")
     p.add_argument("--daemon-items", type=int, default=20, help="items for the simulated line (0: skip)")
+    p.add_argument("--belt", action="store_true",
+                   help="instead: the line at three belt densities against the simulator's truth (real time)")
+    p.add_argument("--belt-items", type=int, default=200, help="items per density with --belt")
     command("outputs-off", cmd_outputs_off, "switch every configured output off (no daemon needed)")
     p = command("doctor", cmd_doctor, "report JetPack/TensorRT/CUDA, power mode, cameras and GPIO", config=False)
     p.add_argument("--apply", action="store_true", help="also set max power mode and lock clocks (root)")

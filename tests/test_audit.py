@@ -116,3 +116,21 @@ def test_csv_export_of_a_time_range_round_trips_from_the_cli(tmp_path):
         expected = db.execute("SELECT count(*) FROM decisions WHERE t_wall >= ?", (from_iso,)).fetchone()[0]
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == expected > 990
     assert main(["audit", "export", "--db", str(tmp_path / "audit.db"), "--since", "yesterday"]) == 78
+
+
+def test_an_audit_log_from_before_lateral_positions_gains_the_column(tmp_path):
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:   # the schema as it was
+        db.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, item_id TEXT NOT NULL, t_wall REAL NOT NULL, "
+                   "class TEXT NOT NULL, confidence REAL NOT NULL, top3 TEXT NOT NULL, bin TEXT, reason TEXT NOT NULL, "
+                   "x_mm REAL, belt_mm REAL, eject_target_mm REAL, latency_ms TEXT NOT NULL, "
+                   "model_sha256 TEXT NOT NULL, capture TEXT)")
+        db.execute("INSERT INTO decisions (item_id, t_wall, class, confidence, top3, reason, latency_ms, model_sha256)"
+                   " VALUES ('000001', ?, 'glass', 0.9, '[]', 'class', '{}', 'sha')", (time.time(),))
+    audit = AuditLog(AuditConfig(), tmp_path, "sha")
+    audit.start()
+    audit.record({**row(2, time.time()), "y_mm": -42.5}, None, False)
+    assert wait_for(lambda: audit.committed == 1, timeout=10)
+    audit.close()
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        assert db.execute("SELECT item_id, y_mm FROM decisions ORDER BY id").fetchall() == [("000001", None),
+                                                                                           ("000002", -42.5)]

@@ -30,7 +30,7 @@ def test_daemon_drives_plc_coils_at_the_right_times(tmp_path, trained_run, plc):
     fired = sorter.scheduler.fired
     assert len(on) == len(fired) == 4
     for write, pulse in zip(on, fired):
-        assert write["address"] == pulse.output
+        assert write["address"] == pulse.outputs[0]
         assert abs(write["t"] - pulse.t_fired) < 0.010  # loopback TCP: the coil goes on when the pulse fires
     offs = [w for w in plc.writes() if w["fn"] == "write_coil" and w["values"] == [0]]
     assert len(offs) == 4 and all(0.025 <= off["t"] - on_["t"] <= 0.060 for on_, off in zip(on, offs))
@@ -68,7 +68,7 @@ def plc_killed_and_restarted(plc, actuator):
     assert actuator.healthy()
     plc.kill()
     killed = time.monotonic()
-    scheduler.schedule("000001", 1, belt.position() + 300, 0.03)   # due while the PLC is away
+    scheduler.schedule("000001", (1,), belt.position() + 300, 0.03)   # due while the PLC is away
     assert wait_for(lambda: not actuator.healthy(), timeout=2)
     assert time.monotonic() - killed < 1.0                         # noticed within the timeout
     assert wait_for(lambda: scheduler.errors == 1, timeout=2)       # the pulse failed, was not kept
@@ -190,14 +190,25 @@ def row(item_id):
             "t_wall": time.time(), "latency_ms": {"inference": 4.0}}
 
 
-@needs_mosquitto
-def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
+@contextlib.contextmanager
+def broker_with_commands(tmp_path, max_pulse_s=0.1):
+    """A real broker, a subscriber to everything the line publishes, and an actuator sending commands."""
     from edge.plant.mqtt import MqttActuator
 
     broker = Broker(tmp_path).start()
     try:
         sub = Subscriber(broker.port)
-        actuator = MqttActuator(mqtt_cfg(broker.port, commands=True), max_pulse_s=0.1)
+        actuator = MqttActuator(mqtt_cfg(broker.port, commands=True), max_pulse_s=max_pulse_s)
+        yield broker, sub, actuator
+        actuator.close()
+        sub.close()
+    finally:
+        broker.stop()
+
+
+@needs_mosquitto
+def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
+    with broker_with_commands(tmp_path) as (broker, sub, actuator):
         assert actuator.healthy()
         assert wait_for(lambda: "online" in sub.payloads("availability"))
         actuator.decision(row("000001"))
@@ -215,10 +226,27 @@ def test_mqtt_decisions_and_nothing_stale_after_broker_restart(tmp_path):
         actuator.decision(row("000003"))
         assert wait_for(lambda: "000003" in [d["item_id"] for d in sub.payloads("decisions")], timeout=5)
         assert "000002" not in [d["item_id"] for d in sub.payloads("decisions")]
-        actuator.close()
-        sub.close()
-    finally:
-        broker.stop()
+
+
+def test_modbus_bank_on_neighbouring_coils_is_one_request_on_and_one_off(plc):
+    actuator = ModbusActuator(modbus_cfg(plc.port, coil_count=16), max_pulse_s=0.1)
+    actuator.pulse_valves((5, 3, 4), 0.03, "000011")       # coils 3..5, in any order
+    actuator.pulse_valves((0, 7), 0.03, "000012")          # not neighbours: a coil each
+    time.sleep(0.15)
+    actuator.close()
+    writes = [(w["fn"], w["address"], w["values"]) for w in plc.writes() if w["fn"].startswith("write_coil")]
+    assert ("write_coils", 3, [1, 1, 1]) in writes and ("write_coils", 3, [0, 0, 0]) in writes
+    assert [(a, v) for f, a, v in writes if f == "write_coil" and v == [1]] == [(0, [1]), (7, [1])]
+
+
+@needs_mosquitto
+def test_mqtt_bank_is_one_command_listing_its_valves(tmp_path):
+    with broker_with_commands(tmp_path, max_pulse_s=0.5) as (_, sub, actuator):
+        assert wait_for(lambda: "online" in sub.payloads("availability"))
+        actuator.pulse_valves((4, 5, 6), 0.26, "000021")
+        assert wait_for(lambda: len(sub.payloads("eject")) == 1)
+        command = sub.payloads("eject")[0]
+        assert command["outputs"] == [4, 5, 6] and command["width_ms"] == 260.0 and command["item_id"] == "000021"
 
 
 @needs_mosquitto
@@ -331,7 +359,7 @@ def test_several_drivers_at_once_and_one_failing(tmp_path):
     belt = BeltTracker(LineConfig(belt_speed_mm_s=1000))
     scheduler = EjectionScheduler(belt, [Broken(0.1), sim])
     scheduler.start()
-    scheduler.schedule("000001", 0, belt.position() + 50, 0.02)
+    scheduler.schedule("000001", (0,), belt.position() + 50, 0.02)
     assert wait_for(lambda: len(sim.pulses) == 1, timeout=2)
     assert scheduler.errors == 1
     scheduler.stop()

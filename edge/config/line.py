@@ -2,7 +2,7 @@
 positions, and the simulated conveyor used by the demo and the tests."""
 from __future__ import annotations
 
-from typing import Dict, Literal, Tuple
+from typing import Dict, Literal, Optional, Tuple
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
@@ -60,25 +60,62 @@ class TriggerConfig(Section):
         return roi
 
 
+class ValveBankConfig(Section):
+    outputs: Tuple[Int, ...] = Field(min_length=1, description="one actuator output per valve, in order across the "
+                                                              "belt (from the image's top edge down)")
+    lateral_mm: Tuple[Float, Float] = Field(description="start, end of the bank across the belt, from the camera's "
+                                                        "centre line (image y, down positive)")
+
+    @model_validator(mode="after")
+    def _span(self):
+        if self.lateral_mm[1] <= self.lateral_mm[0]:
+            raise Invalid("lateral_mm", "must be [start, end] with end > start")
+        if min(self.outputs) < 0 or len(set(self.outputs)) != len(self.outputs):
+            raise Invalid("outputs", "must be distinct outputs >= 0")
+        return self
+
+    def valves_for(self, y_mm: float, width_mm: float, margin_mm: float) -> Tuple[int, ...]:
+        """The valves whose strip of belt meets the item's lateral extent, widened by the margin."""
+        start, end = self.lateral_mm
+        pitch = (end - start) / len(self.outputs)
+        low, high = y_mm - width_mm / 2 - margin_mm, y_mm + width_mm / 2 + margin_mm
+        return tuple(out for i, out in enumerate(self.outputs) if start + i * pitch < high and start + (i + 1) * pitch > low)
+
+
 class EjectorConfig(Section):
     bin: Str
     position_mm: Float = Field(gt=0, description="downstream of the camera centre")
-    output: Int = Field(ge=0, description="actuator output (valve/coil index)")
+    output: Optional[Int] = Field(None, ge=0, description="a single valve, diverter or coil (or `valves` for a bank)")
+    valves: Optional[ValveBankConfig] = Field(None, description="a bank of valves across the belt: the ones under "
+                                                                "each item fire, for as long as the item takes to pass")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.output is None) == (self.valves is None):
+            raise Invalid("output", "give either `output` (one valve) or `valves` (a bank across the belt)")
+        return self
+
+    @property
+    def outputs(self) -> Tuple[int, ...]:
+        return self.valves.outputs if self.valves else (self.output,)
 
 
 class DecisionConfig(Section):
     threshold: Float = Field(0.6, ge=0, le=1, description="below: reject bin")
     reject_bin: Str = "reject"
     bins: Dict[Str, Str] = Field(default_factory=dict, description="class -> bin (default: a bin per class)")
-    pulse_ms: Float = Field(30.0, gt=0)
+    pulse_ms: Float = Field(30.0, gt=0, description="single valves: pulse length; banks: the shortest pulse")
     max_pulse_ms: Float = Field(100.0, gt=0, le=10000, description="hard cap, also enforced by the actuator drivers")
+    lateral_margin_mm: Float = Field(10.0, ge=0, description="banks: valves this far beyond the item's sides fire too")
+    lead_mm: Float = Field(10.0, ge=0, description="banks: the pulse starts this far before the item's leading edge "
+                                                   "and ends as far after its trailing edge")
     ejectors: Tuple[EjectorConfig, ...] = ()
 
     @model_validator(mode="after")
     def _pulses_and_ejectors(self):
         if self.pulse_ms > self.max_pulse_ms:
             raise Invalid("pulse_ms", f"must be <= decision.max_pulse_ms ({self.max_pulse_ms})")
-        outputs, bins = [e.output for e in self.ejectors], [e.bin for e in self.ejectors]
+        outputs, bins = [o for e in self.ejectors for o in e.outputs], [e.bin for e in self.ejectors]
         if len(set(outputs)) != len(outputs) or len(set(bins)) != len(bins):
             raise Invalid("ejectors", "each ejector needs its own bin and its own output")
         return self

@@ -73,7 +73,7 @@ class Config(Section):
                 raise Invalid(f"decision.ejectors[{i}].bin", f"'{ejector.bin}' is no bin (bins: {', '.join(sorted(bins))})")
         for i, actuator in enumerate(self.actuators):
             count = actuator.output_count()
-            beyond = [e.output for e in decision.ejectors if count is not None and e.output >= count]
+            beyond = [o for e in decision.ejectors for o in e.outputs if count is not None and o >= count]
             if beyond:
                 raise Invalid(f"actuators[{i}]", f"({actuator.type}) has {count} outputs (0..{count - 1}), but "
                                                  f"decision.ejectors use output {beyond[0]}; add outputs or renumber")

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from collections import deque
-from typing import Callable, Deque, List, Optional, Protocol, Sequence
+from typing import Callable, Deque, List, Optional, Protocol, Sequence, Tuple
 
 from edge.line.belt import BeltTracker
 
@@ -27,7 +27,7 @@ class Output(Protocol):
 
     name: str
 
-    def pulse(self, output: int, width_s: float, item_id: str = "") -> float: ...
+    def pulse_valves(self, outputs: Sequence[int], width_s: float, item_id: str = "") -> float: ...
 
 
 @dataclass(order=True)
@@ -35,16 +35,18 @@ class PendingEjection:
     target_mm: float
     order: int
     item_id: str = field(compare=False)
-    output: int = field(compare=False)
+    outputs: Tuple[int, ...] = field(compare=False)
     width_s: float = field(compare=False)
+    lead_mm: float = field(compare=False, default=0.0)
 
 
 @dataclass
 class Fired:
     item_id: str
-    output: int
+    outputs: Tuple[int, ...]  # one valve, or the valves of a bank under the item
     t_fired: float
-    error_s: float            # fired - estimated exact crossing time
+    error_s: float            # fired - estimated exact moment
+    lead_mm: float = 0.0      # fired this far before the item's centre reached the ejector
 
 
 class EjectionScheduler(threading.Thread):
@@ -62,9 +64,13 @@ class EjectionScheduler(threading.Thread):
         self.dropped_late = 0
         self.errors = 0
 
-    def schedule(self, item_id: str, output: int, target_mm: float, width_s: float) -> None:
+    def schedule(self, item_id: str, outputs: Sequence[int], target_mm: float, width_s: float,
+                 lead_mm: float = 0.0) -> None:
+        """Fire `outputs` together when the belt reaches `target_mm` (lead_mm before the item's centre
+        reaches the ejector)."""
         with self._cv:
-            heapq.heappush(self._heap, PendingEjection(target_mm, next(self._order), item_id, output, width_s))
+            heapq.heappush(self._heap, PendingEjection(target_mm, next(self._order), item_id, tuple(outputs),
+                                                       width_s, lead_mm))
             self._cv.notify()
 
     def pending(self) -> int:
@@ -116,13 +122,13 @@ class EjectionScheduler(threading.Thread):
         started = now
         for actuator in self.actuators:
             try:
-                started = actuator.pulse(job.output, job.width_s, job.item_id)
+                started = actuator.pulse_valves(job.outputs, job.width_s, job.item_id)
             except Exception as exc:  # one failing driver must not stop the others
                 self.errors += 1
                 log.error("%s: pulse for item %s failed: %s", actuator.name, job.item_id, exc)
                 if self.on_error:
                     self.on_error(job.item_id)
-        fired = Fired(job.item_id, job.output, started, started - exact)
+        fired = Fired(job.item_id, job.outputs, started, started - exact, job.lead_mm)
         self.fired.append(fired)
         if self.on_fired:
             self.on_fired(fired)

@@ -16,6 +16,7 @@ import numpy as np
 
 SPLIT_RATIO = 0.5     # cores: where the distance to the belt is above this share of the blob's peak
 MIN_CORE_SHARE = 0.15  # a core smaller than this share of the blob's largest one is texture, not an item
+SOLID = 0.93          # a blob filling this much of its convex hull is one item, whatever its cores
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
         x, y, w, h, area = stats[label]
         if area < min_area:
             continue
-        blob = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
+        blob = _filled((labels[y:y + h, x:x + w] == label).astype(np.uint8))
         parts = _split(blob)
         for part in parts:
             if int(part.sum()) >= min_area:
@@ -42,7 +43,24 @@ def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
     return found
 
 
+def _solidity(blob: np.ndarray) -> float:
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
+    return float(blob.sum()) / hull if hull else 1.0
+
+
+def _filled(blob: np.ndarray) -> np.ndarray:
+    """The blob without holes: where an item's colour is close to the belt's, its mask has holes
+    (print, a dark bottle), which would make waists inside one item and split it."""
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(blob)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled
+
+
 def _split(blob: np.ndarray) -> List[np.ndarray]:
+    if _solidity(blob) >= SOLID:
+        return [blob]  # as convex as one item: a notch in its outline is no waist between two
     padded = cv2.copyMakeBorder(blob, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
     cores = (distance >= SPLIT_RATIO * distance.max()).astype(np.uint8)

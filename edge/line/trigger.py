@@ -128,7 +128,9 @@ class VisionTrigger(Trigger):
                 continue  # classify at the trigger line (ROI centre), the whole item in view, once
             track.decided = True
             observations.append(self._observation(track.id, frame, seg, (x0, y0), belt_mm, detection))
-        return observations
+        # Several items in one frame: classified one after another, the one furthest downstream
+        # (the earliest ejection) first.
+        return sorted(observations, key=lambda o: -o.x_mm)
 
     def _foreground(self, roi: np.ndarray) -> Optional[np.ndarray]:
         grey = cv2.cvtColor(roi, cv2.COLOR_BGR2GRAY).astype(np.float32)

@@ -29,6 +29,12 @@ class Actuator(ABC):
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
         """Drive `output` on for min(width_s, cap); return the monotonic time it went on."""
 
+    def pulse_valves(self, outputs: Sequence[int], width_s: float, item_id: str = "") -> float:
+        """Several valves at once (a bank under one item); returns when the first went on.
+        Drivers that can set several outputs in one command override this."""
+        started = [self.pulse(output, width_s, item_id) for output in outputs]
+        return started[0]
+
     @abstractmethod
     def all_off(self) -> None:
         """Every output off. Idempotent; must work after any failure. Raises when it cannot

@@ -155,13 +155,24 @@ class MqttActuator(Actuator):
             self._command({"item_id": item_id, "output": output, "width_ms": round(width * 1000, 1)})
         return started
 
+    def pulse_valves(self, outputs, width_s: float, item_id: str = "") -> float:
+        """One command listing every valve of the bank: the receiver opens them together."""
+        if len(outputs) == 1:
+            return self.pulse(outputs[0], width_s, item_id)
+        started = time.monotonic()
+        if self.cfg.commands:
+            width = min(width_s, self.max_pulse_s)
+            self._command({"item_id": item_id, "outputs": list(outputs), "width_ms": round(width * 1000, 1)})
+        return started
+
     def _command(self, command: dict) -> None:
         valid_s = self.cfg.command_valid_ms / 1000
         now = time.time()
         info = self._publish("eject", {**command, "t_wall": now, "valid_until": now + valid_s},
                              expiry_s=max(1, math.ceil(valid_s)))
         if info is None:
-            raise IOError(f"mqtt: eject command for output {command.get('output')} not sent (broker link down)")
+            raise IOError(f"mqtt: eject command for output {command.get('output', command.get('outputs'))} not sent "
+                          "(broker link down)")
         if self.cfg.qos > 0:
             with self._lock:
                 if self._early_acks.pop(info.mid, None) is None:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     bin TEXT,
     reason TEXT NOT NULL,
     x_mm REAL,
+    y_mm REAL,
     belt_mm REAL,
     eject_target_mm REAL,
     latency_ms TEXT NOT NULL,
@@ -71,6 +72,9 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+    if "y_mm" not in columns:  # a log from before items were placed across the belt
+        db.execute("ALTER TABLE decisions ADD COLUMN y_mm REAL")
     return db
 
 
@@ -206,10 +210,10 @@ class AuditLog(threading.Thread):
             return
         capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
         self.db.execute(
-            "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, belt_mm,"
-            " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, y_mm, belt_mm,"
+            " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row["item_id"], row["t_wall"], row["class"], row["confidence"], json.dumps(row["top3"]),
-             row["bin"], row["reason"], row["x_mm"], row["belt_mm"], row.get("eject_target_mm"),
+             row["bin"], row["reason"], row["x_mm"], row.get("y_mm"), row["belt_mm"], row.get("eject_target_mm"),
              json.dumps(row["latency_ms"]), self.model_sha256, capture))
 
     def rotate(self) -> None:

@@ -16,7 +16,7 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
     t = sorter.telemetry
     summary = {
         "decisions": t.decisions, "rejects": t.total(t.rejects), "invalid_outputs": t.total(t.invalid_outputs),
-        "pulses": t.total(t.ejections),
+        "pulses": t.total(t.ejected),
         "stale_skipped": t.total(t.stale), "dropped": t.total(t.dropped), "unclassified": t.total(t.unclassified),
         "entered": t.total(t.entered), "unclassified_by_reason": t.by_label(t.unclassified, "reason"),
         "late_not_fired": t.total(t.late),
@@ -38,15 +38,23 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
     matched = [i for i in truth_of.values() if i is not None]
     per_item = Counter(item.index for item in matched)
     correct = sum(1 for item_id, item in truth_of.items() if item and by_id[item_id]["class"] == item.label)
-    positions = {e.output: e.position_mm for e in sorter.config.decision.ejectors}
-    errors, wrong_bin = [], 0
+    decision = sorter.config.decision
+    ejector_of = {o: e for e in decision.ejectors for o in e.outputs}
+    errors, wrong_bin, valve_sets, right_valves = [], 0, 0, 0
     for fired in sorter.scheduler.fired:
         item = truth_of.get(fired.item_id)
         if item is None:
             continue
-        errors.append(fired.t_fired - sim.truth_time(item, positions[fired.output]))
-        ejector = sorter.ejectors.get(by_id[fired.item_id]["bin"])
-        wrong_bin += ejector is None or ejector.output != fired.output
+        ejector = ejector_of[fired.outputs[0]]
+        # the truth: when the item's own centre (leading edge for a bank) reached the ejector
+        lead = item.length_mm / 2 + decision.lead_mm if ejector.valves else 0.0
+        errors.append(fired.t_fired - sim.truth_time(item, ejector.position_mm - lead))
+        chosen = sorter.ejectors.get(by_id[fired.item_id]["bin"])
+        wrong_bin += chosen is None or chosen is not ejector
+        if ejector.valves:
+            valve_sets += 1
+            right_valves += set(fired.outputs) == set(ejector.valves.valves_for(item.y_mm, item.width_mm,
+                                                                                 decision.lateral_margin_mm))
     spread = percentiles(np.abs(errors))
     return {
         "items_on_belt": len(sim.items),
@@ -55,6 +63,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
         "decisions_without_item": len(truth_of) - len(matched),
         "accuracy": correct / len(matched) if matched else 0.0,
         "pulses_to_wrong_output": wrong_bin,
+        "valve_sets": valve_sets, "valve_sets_correct": right_valves,
         "ejection_error_ms": {"mean": float(np.mean(errors) * 1000) if errors else 0.0,
                               "p50_abs": spread.get("p50", 0.0), "p99_abs": spread.get("p99", 0.0),
                               "max_abs": spread.get("max", 0.0), "n": len(errors)},
@@ -76,6 +85,9 @@ def format_summary(s: Dict) -> str:
         lines.append(f"items on belt {s['items_on_belt']}, decided {s['items_decided']} "
                      f"(more than once: {s['items_decided_more_than_once']}), accuracy vs known labels "
                      f"{s['accuracy'] * 100:.1f}%")
+        if s["valve_sets"]:
+            lines.append(f"valve banks: {s['valve_sets_correct']} of {s['valve_sets']} ejections fired exactly the "
+                         f"valves under their item")
         lines.append(f"ejection timing error: mean {e['mean']:+.2f} ms, |p50| {e['p50_abs']:.2f} ms, "
                      f"|p99| {e['p99_abs']:.2f} ms, |max| {e['max_abs']:.2f} ms over {e['n']} pulses")
     lines.append("stage latency (ms):     p50      p90      p99      max")

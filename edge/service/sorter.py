@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from edge.config import Config
 from edge.line.ejector import EjectionScheduler, Fired
@@ -250,14 +250,32 @@ class Sorter:
             self.telemetry.suppressed.inc()  # fail safe: no pulses while a link is down
             self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "actuator link down"})
             return None
-        target = obs.belt_mm + (ejector.position_mm - obs.x_mm)
+        outputs, width_s, lead_mm = self._valves(obs, ejector)
+        if not outputs:
+            self.telemetry.beside_bank.inc()
+            self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "outside the valve bank",
+                                                    "y_mm": round(obs.y_mm, 1)})
+            return None
+        target = obs.belt_mm + (ejector.position_mm - obs.x_mm) - lead_mm
         if self.belt.seconds_until(target) * 1000 < self.config.line.min_lead_ms:
             self.telemetry.late.inc()
             self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "decided too late"})
             log.warning("item %s: decided too late to reach the %s ejector; not fired", obs.item_id, decision.bin)
             return None
-        self.scheduler.schedule(obs.item_id, ejector.output, target, self.config.decision.pulse_ms / 1000)
+        self.scheduler.schedule(obs.item_id, outputs, target, width_s, lead_mm)
         return target
+
+    def _valves(self, obs: Observation, ejector) -> Tuple[Tuple[int, ...], float, float]:
+        """(outputs, pulse seconds, how far ahead of the item's centre it starts). A single valve
+        fires the configured pulse as the centre passes; a bank fires the valves under the item
+        from its leading edge to its trailing edge (each widened by lead_mm), capped."""
+        cfg = self.config.decision
+        if ejector.valves is None:
+            return (ejector.output,), cfg.pulse_ms / 1000, 0.0
+        outputs = ejector.valves.valves_for(obs.y_mm, obs.width_mm, cfg.lateral_margin_mm)
+        span_mm = obs.length_mm + 2 * cfg.lead_mm
+        width_s = min(max(span_mm / self.belt.speed(), cfg.pulse_ms / 1000), cfg.max_pulse_ms / 1000)
+        return outputs, width_s, obs.length_mm / 2 + cfg.lead_mm
 
     def _stale(self, obs: Observation, now: float) -> None:
         self.telemetry.stale.inc()

@@ -43,8 +43,11 @@ class Telemetry:
         self.unclassified = counter("unclassified_items", "items that entered the view and left it undecided, "
                                                           "by reason", ["reason"])
         self.late = counter("late_ejections", "ejections not fired because their moment had passed")
+        self.beside_bank = counter("ejections_beside_bank", "ejections not fired: the item lay beside every valve "
+                                                            "of its bank")
         self.suppressed = counter("suppressed_ejections", "ejections not fired because an actuator link was down")
-        self.ejections = counter("ejections", "pulses fired, by output", ["output"])
+        self.ejections = counter("ejections", "pulses fired, by output (each valve of a bank counts)", ["output"])
+        self.ejected = counter("ejected_items", "items whose ejection fired (once per item, however many valves)")
         self.actuator_errors = counter("actuator_errors", "failed actuator commands")
         self.link_faults = counter("link_faults", "times an actuator link (PLC, broker) was lost")
         self.camera_faults = counter("camera_faults", "times the camera stopped delivering good frames "
@@ -86,7 +89,9 @@ class Telemetry:
         self.history.link(actuator, healthy)
 
     def pulse(self, fired) -> None:
-        self.ejections.labels(str(fired.output)).inc()
+        self.ejected.inc()
+        for output in fired.outputs:
+            self.ejections.labels(str(output)).inc()
         self.ejection_error.observe(abs(fired.error_s))
 
     # -- reading -------------------------------------------------------------------------

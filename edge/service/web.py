@@ -75,7 +75,7 @@ class OperatorWeb:
         last = telemetry.last_decision()
         return {"ready": ok, "health": health, "items": telemetry.decisions, "per_class": telemetry.per_class(),
                 "rejects": telemetry.total(telemetry.rejects), "items_per_minute": telemetry.history.items_last_minute(),
-                "pulses": telemetry.total(telemetry.ejections), "stale": telemetry.total(telemetry.stale),
+                "pulses": telemetry.total(telemetry.ejected), "stale": telemetry.total(telemetry.stale),
                 "dropped": telemetry.total(telemetry.dropped), "latency_ms": telemetry.latency_ms(last=500),
                 "actuators": [{"name": a.name, "healthy": a.healthy()} for a in sorter.actuators],
                 "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
