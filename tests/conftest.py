@@ -93,6 +93,17 @@ def trained_run(tmp_path_factory):
     return config, base / "out"
 
 
+def calibrated_copy(trained_run, base: Path, **calibration):
+    """A copy of the tiny run with `scrapsort calibrate` run on it: (its config path, the run dir)."""
+    from edge.cli import main
+
+    _, run = trained_run
+    shutil.copytree(run, base / "out")
+    path = write_config(base / "c.yaml", run.parent / "data", base / "out", calibration=calibration)
+    assert main(["calibrate", "--config", str(path), "-q"]) == 0
+    return path, base / "out"
+
+
 @pytest.fixture
 def trashnet() -> Path:
     if not SHARED_TRASHNET.is_dir():

@@ -1,6 +1,5 @@
 """calibrate: calibration set, FP16 + INT8 Q/DQ ONNX, TensorRT cache, precision comparison."""
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -13,20 +12,14 @@ from edge.vision.backends import onnxruntime as ort_backend, open_backend
 from edge.vision.backends.onnxruntime import int8_kernels_saturate
 from edge.cli import main
 from edge.errors import DataError
-from tests.conftest import write_config
+from tests.conftest import calibrated_copy
 from edge.vision.dataset import Manifest
 
 
 @pytest.fixture(scope="module")
 def calibrated(trained_run, tmp_path_factory):
-    config, run = trained_run
-    base = tmp_path_factory.mktemp("calib")
-    shutil.copytree(run, base / "out")
-    path = write_config(base / "c.yaml", run.parent / "data", base / "out",
-                        calibration={"images": 12, "methods": ["max", "entropy"], "max_drop": -1.0,
-                                     "max_float_layers": 2, "sensitivity_images": 6})
-    assert main(["calibrate", "--config", str(path), "-q"]) == 0
-    return path, base / "out"
+    return calibrated_copy(trained_run, tmp_path_factory.mktemp("calib"), images=12, methods=["max", "entropy"],
+                           max_drop=-1.0, max_float_layers=2, sensitivity_images=6)
 
 
 def test_calibration_set_is_stratified_train_only(trained_run):

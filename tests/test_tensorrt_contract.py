@@ -16,7 +16,7 @@ from edge.cli import main
 from edge.errors import ModelError
 from edge.vision.backends import open_backend
 from jetson.metadata import EngineMetadata
-from tests.conftest import write_config
+from tests.conftest import calibrated_copy, write_config
 from tests.tensorrt_api.fake_cudart import FakeCudart, cudaStream_t
 from tests.tensorrt_api.stub import tensorrt_module
 
@@ -26,13 +26,9 @@ RELEASES = ["8.5.2.2", "8.6.1.6", "10.3.0.30", "11.1.0.8"]
 @pytest.fixture(scope="module")
 def engine_run(trained_run, tmp_path_factory):
     """A run with every ONNX TensorRT builds from and the legacy calibration cache."""
-    config, run = trained_run
-    base = tmp_path_factory.mktemp("engines")
-    shutil.copytree(run, base / "template")
-    path = write_config(base / "c.yaml", run.parent / "data", base / "template",
-                        calibration={"images": 12, "methods": ["max"], "max_drop": -1.0})
-    assert main(["calibrate", "--config", str(path), "-q"]) == 0
-    return base / "template", run.parent / "data"
+    _, run = calibrated_copy(trained_run, tmp_path_factory.mktemp("engines"), images=12, methods=["max"],
+                             max_drop=-1.0)
+    return run, trained_run[1].parent / "data"
 
 
 class Device:

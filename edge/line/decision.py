@@ -12,6 +12,7 @@ from edge.vision.scoring import ranked
 
 
 INVALID = "invalid"  # the label of an item whose model output was NaN/Inf: no class was decided
+REJECT_REASONS = ("low_confidence", "invalid_output")  # why an item goes to the reject bin (capture kept)
 
 
 @dataclass(frozen=True)

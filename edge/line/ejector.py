@@ -37,7 +37,6 @@ class PendingEjection:
     item_id: str = field(compare=False)
     outputs: Tuple[int, ...] = field(compare=False)
     width_s: float = field(compare=False)
-    lead_mm: float = field(compare=False, default=0.0)
 
 
 @dataclass
@@ -46,7 +45,6 @@ class Fired:
     outputs: Tuple[int, ...]  # one valve, or the valves of a bank under the item
     t_fired: float
     error_s: float            # fired - estimated exact moment
-    lead_mm: float = 0.0      # fired this far before the item's centre reached the ejector
 
 
 class EjectionScheduler(threading.Thread):
@@ -64,13 +62,11 @@ class EjectionScheduler(threading.Thread):
         self.dropped_late = 0
         self.errors = 0
 
-    def schedule(self, item_id: str, outputs: Sequence[int], target_mm: float, width_s: float,
-                 lead_mm: float = 0.0) -> None:
-        """Fire `outputs` together when the belt reaches `target_mm` (lead_mm before the item's centre
-        reaches the ejector)."""
+    def schedule(self, item_id: str, outputs: Sequence[int], target_mm: float, width_s: float) -> None:
+        """Fire `outputs` together when the belt reaches `target_mm`."""
         with self._cv:
             heapq.heappush(self._heap, PendingEjection(target_mm, next(self._order), item_id, tuple(outputs),
-                                                       width_s, lead_mm))
+                                                       width_s))
             self._cv.notify()
 
     def pending(self) -> int:
@@ -128,7 +124,7 @@ class EjectionScheduler(threading.Thread):
                 log.error("%s: pulse for item %s failed: %s", actuator.name, job.item_id, exc)
                 if self.on_error:
                     self.on_error(job.item_id)
-        fired = Fired(job.item_id, job.outputs, started, started - exact, job.lead_mm)
+        fired = Fired(job.item_id, job.outputs, started, started - exact)
         self.fired.append(fired)
         if self.on_fired:
             self.on_fired(fired)

@@ -24,7 +24,6 @@ class Segment:
     bbox: Tuple[int, int, int, int]   # x, y, w, h in the mask
     centre: Tuple[float, float]       # x, y of the pixels' centroid
     angle_deg: float                  # orientation of the minimum-area rectangle
-    area: int
     touching: bool                    # split from a blob it shared with others
 
 
@@ -35,32 +34,21 @@ def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
         x, y, w, h, area = stats[label]
         if area < min_area:
             continue
-        blob = _filled((labels[y:y + h, x:x + w] == label).astype(np.uint8))
-        parts = _split(blob)
+        outline, _ = cv2.findContours((labels[y:y + h, x:x + w] == label).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                      cv2.CHAIN_APPROX_SIMPLE)
+        # Filled: where an item's colour is close to the belt's, its mask has holes (print, a dark
+        # bottle), which would make waists inside one item and split it.
+        blob = cv2.drawContours(np.zeros((h, w), np.uint8), outline, -1, 1, thickness=cv2.FILLED)
+        hull = cv2.contourArea(cv2.convexHull(np.vstack(outline)))
+        parts = [blob] if hull == 0 or blob.sum() / hull >= SOLID else _split(blob)
         for part in parts:
-            if int(part.sum()) >= min_area:
+            if cv2.countNonZero(part) >= min_area:
                 found.append(_describe(part, x, y, touching=len(parts) > 1))
     return found
 
 
-def _solidity(blob: np.ndarray) -> float:
-    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
-    return float(blob.sum()) / hull if hull else 1.0
-
-
-def _filled(blob: np.ndarray) -> np.ndarray:
-    """The blob without holes: where an item's colour is close to the belt's, its mask has holes
-    (print, a dark bottle), which would make waists inside one item and split it."""
-    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(blob)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled
-
-
 def _split(blob: np.ndarray) -> List[np.ndarray]:
-    if _solidity(blob) >= SOLID:
-        return [blob]  # as convex as one item: a notch in its outline is no waist between two
+    """A blob that is not as convex as one item: one part per core of its distance transform."""
     padded = cv2.copyMakeBorder(blob, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
     cores = (distance >= SPLIT_RATIO * distance.max()).astype(np.uint8)
@@ -80,9 +68,11 @@ def _split(blob: np.ndarray) -> List[np.ndarray]:
 
 
 def _describe(part: np.ndarray, x0: int, y0: int, touching: bool) -> Segment:
-    ys, xs = np.nonzero(part)
-    points = np.column_stack([xs, ys]).astype(np.float32)
+    """Box, centroid and orientation from the part's outline and moments, not from every pixel."""
+    x, y, w, h = cv2.boundingRect(part)
+    moments = cv2.moments(part, binaryImage=True)
+    outline, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    points = np.vstack(outline)
     angle = cv2.minAreaRect(points)[2] if len(points) >= 3 else 0.0
-    x, y = int(xs.min()), int(ys.min())
-    return Segment((x0 + x, y0 + y, int(xs.max()) - x + 1, int(ys.max()) - y + 1),
-                   (x0 + float(xs.mean()), y0 + float(ys.mean())), float(angle), len(xs), touching)
+    return Segment((x0 + x, y0 + y, w, h), (x0 + moments["m10"] / moments["m00"], y0 + moments["m01"] / moments["m00"]),
+                   float(angle), touching)

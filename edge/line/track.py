@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 LOST_AFTER_FRAMES = 3   # unseen this many frames in a row: the item has left the view
 
@@ -57,17 +57,19 @@ class Tracker:
     def __init__(self):
         self.tracks: List[Track] = []
         self._ids = itertools.count(1)
-        self.entered = 0
 
-    def update(self, detections: List[Detection]) -> Tuple[List[Tuple[Track, Detection]], List[Track]]:
-        """Match this frame's detections to tracks. Returns the (track, detection) pairs and the
-        tracks that ended (unseen for LOST_AFTER_FRAMES frames)."""
-        pairs, claimed = [], set()
+    def update(self, detections: List[Detection]) -> Tuple[List[Tuple[Track, Detection]], List[Track], List[Track]]:
+        """Match this frame's detections to tracks. Returns the (track, detection) pairs, the tracks
+        this frame started (items entering the view) and those that ended (unseen for
+        LOST_AFTER_FRAMES frames)."""
+        pairs, started, claimed = [], [], set()
         for detection in sorted(detections, key=lambda d: -d.length_mm * d.width_mm):
             candidates = [t for t in self.tracks if id(t) not in claimed and overlap(t.last, detection) > 0]
             track = max(candidates, key=lambda t: overlap(t.last, detection), default=None)
             if track is None:
-                track = self._new(detection)
+                track = Track(f"{next(self._ids):06d}", detection)
+                self.tracks.append(track)
+                started.append(track)
             for other in candidates:  # one detection over several items: they have run together
                 if other is not track and not other.decided:
                     other.merged = True
@@ -81,13 +83,7 @@ class Tracker:
                 if track.missing >= LOST_AFTER_FRAMES:
                     ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]
-        return pairs, ended
-
-    def _new(self, detection: Detection) -> Track:
-        self.entered += 1
-        track = Track(f"{next(self._ids):06d}", detection)
-        self.tracks.append(track)
-        return track
+        return pairs, started, ended
 
     @staticmethod
     def _follow(track: Track, detection: Detection) -> None:
@@ -97,11 +93,8 @@ class Tracker:
             track.last = detection if detection.whole else _union(track.last, detection)
         track.seen_whole |= detection.whole
 
-    def pending(self) -> List[Track]:
-        return [t for t in self.tracks if not t.decided]
 
-
-def _union(a: Detection, b: Optional[Detection]) -> Detection:
+def _union(a: Detection, b: Detection) -> Detection:
     a0, a1, ay0, ay1 = a.span()
     b0, b1, by0, by1 = b.span()
     s0, s1, y0, y1 = min(a0, b0), max(a1, b1), min(ay0, by0), max(ay1, by1)

@@ -113,11 +113,9 @@ class VisionTrigger(Trigger):
         found = segments(mask, int(self.cfg.min_area * rw * rh))
         detections = [self._detection(seg, frame, (x0, y0, rw, rh), belt_mm) for seg in found]
         segment_of = {id(d): seg for d, seg in zip(detections, found)}
-        pairs, ended = self.tracker.update(detections)
-        entered = self.tracker.entered
-        self.tracker.entered = 0
-        if entered:
-            self._enter(entered)
+        pairs, started, ended = self.tracker.update(detections)
+        if started:
+            self._enter(len(started))
         for track in ended:
             if not track.decided:
                 self._lost(track.reason_undecided())

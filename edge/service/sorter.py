@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from edge.config import Config
+from edge.line.decision import REJECT_REASONS
 from edge.line.ejector import EjectionScheduler, Fired
 from edge.line.simulator import SimulatedConveyor
 from edge.line.sources import CaptureThread, Frame
@@ -233,7 +234,7 @@ class Sorter:
                "reason": decision.reason, "x_mm": obs.x_mm, "y_mm": obs.y_mm, "belt_mm": obs.belt_mm,
                "eject_target_mm": target,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
-        self.audit.record(row, obs.crop, keep_crop=decision.reason in ("low_confidence", "invalid_output"))
+        self.audit.record(row, obs.crop, keep_crop=decision.reason in REJECT_REASONS)
         for actuator in self.actuators:
             try:
                 actuator.decision(row)
@@ -262,7 +263,7 @@ class Sorter:
             self.audit.event("ejection_not_fired", {"item_id": obs.item_id, "reason": "decided too late"})
             log.warning("item %s: decided too late to reach the %s ejector; not fired", obs.item_id, decision.bin)
             return None
-        self.scheduler.schedule(obs.item_id, outputs, target, width_s, lead_mm)
+        self.scheduler.schedule(obs.item_id, outputs, target, width_s)
         return target
 
     def _valves(self, obs: Observation, ejector) -> Tuple[Tuple[int, ...], float, float]:

@@ -13,10 +13,10 @@ from typing import Deque, Dict, List, Optional
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics, generate_latest)
 
+from edge.line.decision import REJECT_REASONS
 from edge.service.history import History
 from edge.stats import percentiles
 
-REJECT_REASONS = ("low_confidence", "invalid_output")  # the reject bin's reasons
 STAGES = ("frame_age", "preprocess", "inference", "postprocess", "capture_to_decision")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -37,6 +37,7 @@ from edge.service.batch_test import BatchTests, BusyError
 from edge.service.http import app, read_body
 from edge.vision.batch import results_csv
 from edge.vision.images import decode_image
+from edge.vision.predict import Classifier
 
 PAGE = Path(__file__).with_name("webui.html")
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -83,25 +84,23 @@ class OperatorWeb:
                 "bins": sorter.decider.bins, "classes": list(sorter.model.classes),
                 "last": {k: last[k] for k in ("item_id", "class", "confidence", "bin", "reason")} if last else None}
 
-    @contextlib.contextmanager
-    def _page_classifier(self):
+    def _page_backend(self):
         """A model instance of the page's own, with one inference thread."""
         from edge.vision.backends import open_backend
-        from edge.vision.predict import Classifier
 
         path = Path(self.sorter.model.path)
-        backend = open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
-        try:
+        return open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+
+    @contextlib.contextmanager
+    def _page_classifier(self):
+        with self._page_backend() as backend:
             yield Classifier(backend)
-        finally:
-            backend.close()
 
     def classify(self, data: bytes) -> dict:
         image = decode_image(data, "upload", max_pixels=MAX_UPLOAD_PIXELS)
         with self._classify_lock:  # its own backend instance: the sorting loop's buffers stay its own
             if self._classifier is None:
-                self._classifier_scope = contextlib.ExitStack()
-                self._classifier = self._classifier_scope.enter_context(self._page_classifier())
+                self._classifier = Classifier(self._page_backend())
             return self._classifier.classify(image, top=3)
 
     def save_for_review(self, data: bytes, label: str) -> str:
@@ -252,7 +251,8 @@ class OperatorWeb:
                         (("since", 0.0), ("until", time.time() + 1)))
         rows = self.sorter.audit.export_csv(since, until)
         name = time.strftime("scrapsort-audit-%Y%m%d-%H%M%S.csv", time.localtime(since if since else time.time()))
-        return StreamingResponse(iterate_in_threads(rows), media_type="text/csv; charset=utf-8",
+        # A plain generator: Starlette reads it in its thread pool (SQLite never blocks the event loop).
+        return StreamingResponse(rows, media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": f'attachment; filename="{name}"',
                                           "Cache-Control": "no-store"})
 
@@ -309,10 +309,3 @@ def _epoch(value: Optional[str], default: float) -> float:
     if seconds != seconds or seconds in (float("inf"), float("-inf")):
         raise ValueError("since/until must be finite")
     return seconds
-
-
-async def iterate_in_threads(rows):
-    """A blocking generator (SQLite reads) consumed without blocking the event loop."""
-    sentinel = object()
-    while (chunk := await run_in_threadpool(next, rows, sentinel)) is not sentinel:
-        yield chunk

@@ -443,6 +443,8 @@ def _guarded_class(trt, api: dict, name: str, impl):
 
 
 def _version_code(version: str) -> int:
+    """NV_TENSORRT_VERSION, written out here on purpose: the stub checks jetson/calibrator.py's
+    header against its own reading of the rule, not against the code under test."""
     major, minor, patch = (int(p) for p in (version.split(".") + ["0", "0"])[:3])
     return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
