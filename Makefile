@@ -71,8 +71,8 @@ engine: ## TensorRT engine for this device: make engine PRECISION=fp16|int8 (nee
 bench: setup check-model ## latency (p50/p90/p99/max) + accuracy per backend x precision, daemon stages
 	$(SCRAPSORT) bench --config $(LINE) --run-dir $(RUN_DIR)
 
-bench-belt: setup check-model ## the line at three belt densities against the simulator's truth (configs/belt.yaml)
-	$(SCRAPSORT) bench --belt --config configs/belt.yaml --run-dir $(RUN_DIR)
+bench-belt: setup check-model ## the line at three belt densities against the simulator's truth (configs/demo.yaml)
+	$(SCRAPSORT) bench --belt --config configs/demo.yaml --run-dir $(RUN_DIR)
 
 run: setup check-model ## the daemon on LINE (default: the simulated demo line)
 	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR)

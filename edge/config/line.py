@@ -43,7 +43,7 @@ class TriggerConfig(Section):
     type: Literal["vision", "photo_eye"] = "vision"
     roi: Tuple[Float, Float, Float, Float] = Field((0.0, 0.0, 1.0, 1.0),
                                                    description="x, y, w, h as fractions of the frame")
-    diff_threshold: Int = Field(40, ge=1, le=255, description="grey levels between the frame and the empty belt")
+    diff_threshold: Int = Field(40, ge=1, le=255, description="levels (0-255) of any colour channel between the frame and the empty belt")
     min_area: Float = Field(0.03, gt=0, le=1, description="smallest item, as a fraction of the ROI")
     learn_frames: Int = Field(10, ge=1, description="empty-belt frames averaged at start")
     edge_margin_px: Int = Field(4, ge=0, description="an item touching the ROI edge is not fully in view yet")

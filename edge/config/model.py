@@ -116,7 +116,9 @@ class RuntimeConfig(Section):
     # take the nodes it cannot (TensorRT EP -> CUDA EP -> CPU). A name alone, or {name, options}.
     providers: Tuple[Annotated[ProviderConfig, BeforeValidator(_provider_entry)], ...] = Field(
         (ProviderConfig(name="CPUExecutionProvider"),))
-    threads: Int = Field(0, ge=0)
+    threads: Int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: one per core")
+    spinning: Bool = Field(False, description="ONNX Runtime's threads busy-wait between runs: a little faster "
+                                              "alone, but they take the CPU from the camera thread")
     allow_root: Bool = Field(False, description="the daemon refuses root unless this is set deliberately")
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from edge.line.belt import BeltTracker
 
 log = logging.getLogger(__name__)
 LATE_TOLERANCE_S = 0.02   # later than this past its moment: the item has gone, do not fire
+REALTIME_PRIORITY = 10    # SCHED_FIFO for this thread alone (the unit's LimitRTPRIO allows it)
 
 
 class Output(Protocol):
@@ -45,6 +47,7 @@ class Fired:
     outputs: Tuple[int, ...]  # one valve, or the valves of a bank under the item
     t_fired: float
     error_s: float            # fired - estimated exact moment
+    width_s: float = 0.0      # how long the valves were open
 
 
 class EjectionScheduler(threading.Thread):
@@ -61,6 +64,7 @@ class EjectionScheduler(threading.Thread):
         self.fired: Deque[Fired] = deque(maxlen=20000)   # recent pulses, for reports
         self.dropped_late = 0
         self.errors = 0
+        self.realtime = False
 
     def schedule(self, item_id: str, outputs: Sequence[int], target_mm: float, width_s: float) -> None:
         """Fire `outputs` together when the belt reaches `target_mm`."""
@@ -85,6 +89,7 @@ class EjectionScheduler(threading.Thread):
             self._cv.notify()
 
     def run(self) -> None:
+        self.realtime = realtime_thread(REALTIME_PRIORITY)
         while True:
             with self._cv:
                 while not self._heap and not self._stop:
@@ -124,7 +129,20 @@ class EjectionScheduler(threading.Thread):
                 log.error("%s: pulse for item %s failed: %s", actuator.name, job.item_id, exc)
                 if self.on_error:
                     self.on_error(job.item_id)
-        fired = Fired(job.item_id, job.outputs, started, started - exact)
+        fired = Fired(job.item_id, job.outputs, started, started - exact, job.width_s)
         self.fired.append(fired)
         if self.on_fired:
             self.on_fired(fired)
+
+
+def realtime_thread(priority: int) -> bool:
+    """Run the calling thread under SCHED_FIFO: with inference and the camera keeping both cores
+    busy, a timer thread of normal priority can wake milliseconds late. Allowed to root or by
+    RLIMIT_RTPRIO (LimitRTPRIO= in systemd/scrapsort.service); without it, normal priority."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread (Linux)
+        return True
+    except (AttributeError, OSError) as exc:
+        log.warning("ejection timer at normal priority (%s): pulses may jitter under load; "
+                    "LimitRTPRIO=%d in the service unit allows real-time priority", exc, priority)
+        return False

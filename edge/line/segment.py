@@ -9,13 +9,14 @@ waist and stay one segment (the tracker then reports them as merged).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 SPLIT_RATIO = 0.5     # cores: where the distance to the belt is above this share of the blob's peak
 MIN_CORE_SHARE = 0.15  # a core smaller than this share of the blob's largest one is texture, not an item
+CORNER_PX = 2         # how far opening may have shaved an outline
 SOLID = 0.93          # a blob filling this much of its convex hull is one item, whatever its cores
 
 
@@ -27,7 +28,10 @@ class Segment:
     touching: bool                    # split from a blob it shared with others
 
 
-def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
+def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) -> List[Segment]:
+    """The items in `mask` (cleaned: opened against noise, closed to join an item's parts).
+    `raw`, the mask before cleaning, gives the exact extents: opening shaves the corners of
+    a turned item, which would shorten it and make its ejection late."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     found = []
     for label in range(1, count):
@@ -43,7 +47,8 @@ def segments(mask: np.ndarray, min_area: int) -> List[Segment]:
         parts = [blob] if hull == 0 or blob.sum() / hull >= SOLID else _split(blob)
         for part in parts:
             if cv2.countNonZero(part) >= min_area:
-                found.append(_describe(part, x, y, touching=len(parts) > 1))
+                exact = None if raw is None else _exact(part, raw, x, y)
+                found.append(_describe(part, x, y, touching=len(parts) > 1, exact=exact))
     return found
 
 
@@ -67,9 +72,23 @@ def _split(blob: np.ndarray) -> List[np.ndarray]:
     return [((markers == n + 1) & (blob > 0)).astype(np.uint8) for n in range(1, len(keep) + 1)]
 
 
-def _describe(part: np.ndarray, x0: int, y0: int, touching: bool) -> Segment:
+def _exact(part: np.ndarray, raw: np.ndarray, x0: int, y0: int) -> Tuple[int, int, int, int]:
+    """Bounding box (relative to x0, y0) of the raw mask's pixels within CORNER_PX of the
+    cleaned part: the part with its shaved corners back, and no noise further out."""
+    h, w = part.shape
+    pad = CORNER_PX
+    top, left = min(pad, y0), min(pad, x0)
+    window = raw[y0 - top:y0 + h + pad, x0 - left:x0 + w + pad]
+    grown = cv2.copyMakeBorder(part, top, window.shape[0] - h - top, left, window.shape[1] - w - left,
+                               cv2.BORDER_CONSTANT, value=0)
+    grown = cv2.dilate(grown, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * pad + 1, 2 * pad + 1)))
+    ex, ey, ew, eh = cv2.boundingRect(grown & window)
+    return (ex - left, ey - top, ew, eh)
+
+
+def _describe(part: np.ndarray, x0: int, y0: int, touching: bool, exact=None) -> Segment:
     """Box, centroid and orientation from the part's outline and moments, not from every pixel."""
-    x, y, w, h = cv2.boundingRect(part)
+    x, y, w, h = exact if exact is not None else cv2.boundingRect(part)
     moments = cv2.moments(part, binaryImage=True)
     outline, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     points = np.vstack(outline)

@@ -77,6 +77,8 @@ class SimulatedConveyor(Source):
         last_ejector = max((e.position_mm for e in config.decision.ejectors), default=0.0)
         self.end_position = max((i.s_mm + i.length_mm for i in self.items), default=0.0) + last_ejector
         self.background = np.full((self.height, self.width, 3), BELT_GREY, np.uint8)
+        self._noise = np.empty_like(self.background)
+        self._render_s = 0.005   # how long drawing a frame takes (averaged)
         self.t0: Optional[float] = None
         self.seq = 0
         self._lock = threading.Lock()
@@ -90,8 +92,9 @@ class SimulatedConveyor(Source):
             length = sim.item_length_mm * (1 + rng.uniform(-sim.size_variation, sim.size_variation))
             angle = rng.uniform(-sim.rotation_deg, sim.rotation_deg)
             image, mask = self._item_image(read_image(path), length, angle)
+            _, _, w, h = cv2.boundingRect(mask)  # the item's own pixels: a turned photo's corners are not
             placed.append(SimItem(i, label, str(path), image, mask, start + row * sim.spacing_mm, 0.0,
-                                  image.shape[1] * self.mm_per_px, image.shape[0] * self.mm_per_px, angle, row))
+                                  w * self.mm_per_px, h * self.mm_per_px, angle, row))
         for row in sorted({item.row for item in placed}):
             self._spread_across([item for item in placed if item.row == row], sim, rng)
         return placed
@@ -109,15 +112,19 @@ class SimulatedConveyor(Source):
         w, h = int(height_px * sin + length_px * cos) + 1, int(height_px * cos + length_px * sin) + 1
         turn[0, 2] += w / 2 - length_px / 2
         turn[1, 2] += h / 2 - height_px / 2
-        return (cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR),
+        # Replicated border: the item's edge keeps its colour instead of fading into black.
+        return (cv2.warpAffine(image, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
                 cv2.warpAffine(mask, turn, (w, h), flags=cv2.INTER_NEAREST))
 
     def _spread_across(self, row: List[SimItem], sim, rng: random.Random) -> None:
         """Side by side across the belt, `lateral_gap_mm` apart (0 when the row touches),
-        centred on the belt with a random shift."""
+        centred on the belt with a random shift that keeps the row on the belt (the view's
+        width: the camera sees the whole belt) where it fits."""
         gap = 0.0 if rng.random() < sim.touching_fraction else sim.lateral_gap_mm
         total = sum(item.width_mm for item in row) + gap * (len(row) - 1)
-        edge = -total / 2 + rng.uniform(-sim.lateral_jitter_mm, sim.lateral_jitter_mm)
+        room = max(0.0, (self.height * self.mm_per_px - total) / 2)
+        shift = rng.uniform(-sim.lateral_jitter_mm, sim.lateral_jitter_mm)
+        edge = -total / 2 + min(max(shift, -room), room)
         for item in row:
             item.y_mm = edge + item.width_mm / 2
             edge += item.width_mm + gap
@@ -168,15 +175,22 @@ class SimulatedConveyor(Source):
         if self.finished():
             raise EndOfStream("simulation finished")
         self.seq += 1
-        target = self.t0 + self.seq / self.fps
-        time.sleep(max(0.0, target - time.monotonic()))
-        now = time.monotonic()
-        frame = self.render(now)
-        return Frame(frame, now, self.seq, encoder=int(self.belt_mm(now) / self.config.line.mm_per_count))
+        # A camera exposes at its frame clock and delivers the image a little later: the frame
+        # is rendered for its exposure time while waiting for it, so the time spent drawing the
+        # simulation does not count as the line's latency (unless the reader is behind).
+        # Drawing starts just before the exposure, not at once: it would take a core from the
+        # line's work on the frame before.
+        exposure = max(self.t0 + self.seq / self.fps, time.monotonic())
+        time.sleep(max(0.0, exposure - 2 * self._render_s - time.monotonic()))
+        started = time.monotonic()
+        frame = self.render(exposure)
+        self._render_s = 0.8 * self._render_s + 0.2 * (time.monotonic() - started)
+        time.sleep(max(0.0, exposure - time.monotonic()))
+        return Frame(frame, exposure, self.seq, encoder=int(self.belt_mm(exposure) / self.config.line.mm_per_count))
 
     def render(self, now: float) -> np.ndarray:
         frame = self.background.copy()
-        frame += self.rng.integers(0, 6, frame.shape, dtype=np.uint8)  # sensor noise: no two frames alike
+        cv2.add(frame, cv2.randu(self._noise, (0, 0, 0), (6, 6, 6)), dst=frame)  # sensor noise: no two frames alike
         for item in self.items:
             h, w = item.image.shape[:2]
             left = int(round(self.width / 2 + self.world_x(item, now) / self.mm_per_px - w / 2))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 LOST_AFTER_FRAMES = 3   # unseen this many frames in a row: the item has left the view
+FRAGMENT_SHARE = 0.5    # a new detection this much inside a decided item is a piece of it
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Detection:
     width_mm: float      # extent across the belt
     whole: bool          # fully in view along the belt (not cut by the view's edges)
     spanning: bool       # cut by both edges: longer than the view
+    angle_deg: float = 0.0
 
     def span(self) -> Tuple[float, float, float, float]:
         return (self.s_mm - self.length_mm / 2, self.s_mm + self.length_mm / 2,
@@ -63,9 +65,12 @@ class Tracker:
         this frame started (items entering the view) and those that ended (unseen for
         LOST_AFTER_FRAMES frames)."""
         pairs, started, claimed = [], [], set()
+        previous = {id(t): t.last for t in self.tracks}   # extents before this frame moved them
         for detection in sorted(detections, key=lambda d: -d.length_mm * d.width_mm):
             candidates = [t for t in self.tracks if id(t) not in claimed and overlap(t.last, detection) > 0]
             track = max(candidates, key=lambda t: overlap(t.last, detection), default=None)
+            if track is None and self._fragment_of_decided(detection, claimed, previous):
+                continue  # a decided item seen in two pieces this frame: not a new item
             if track is None:
                 track = Track(f"{next(self._ids):06d}", detection)
                 self.tracks.append(track)
@@ -84,6 +89,12 @@ class Tracker:
                     ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]
         return pairs, started, ended
+
+    def _fragment_of_decided(self, detection: Detection, claimed, previous) -> bool:
+        """Mostly inside a decided item that another detection of this frame already follows."""
+        area = detection.length_mm * detection.width_mm
+        return any(id(t) in claimed and t.decided and overlap(previous.get(id(t), t.last), detection)
+                   >= FRAGMENT_SHARE * area for t in self.tracks)
 
     @staticmethod
     def _follow(track: Track, detection: Detection) -> None:

@@ -136,6 +136,7 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     if daemon_items:
         result["daemon"] = _daemon_latency(config, daemon_items)
+        _line_cost(result)
     _speedups(result)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
     (out_dir / "bench.md").write_text(markdown(result))
@@ -168,7 +169,9 @@ def _daemon_latency(config: Config, items: int) -> Dict:
     from edge.service.report import summarize
     from edge.line.simulator import SimulatedConveyor
 
-    sim_cfg = config.simulator.replace(items=items, processing_jitter_ms=())
+    # Single file: the line's own cost per item (several items in one frame wait for each other;
+    # `scrapsort bench --belt` reports that per frame).
+    sim_cfg = config.simulator.replace(items=items, processing_jitter_ms=(), abreast=1)
     # Only the audit log and captures go elsewhere (never into the line's own); the run dir
     # stays, so the run's model and its test split are what the belt uses, as on the demo line.
     scratch = config.run_path / "bench" / "line"
@@ -182,6 +185,17 @@ def _daemon_latency(config: Config, items: int) -> Dict:
     return {"model": summary["model"], "items": summary["items_on_belt"], "accuracy": summary["accuracy"],
             "latency_ms": stages, "ejection_error_ms": summary["ejection_error_ms"],
             "overhead_ms_p50": stages["capture_to_decision"]["p50"] - stages["inference"]["p50"]}
+
+
+def _line_cost(result: Dict) -> None:
+    """The line's own cost: its capture-to-decision p50 over the bare inference p50 of the same
+    model file, measured in this run (the first row that ran it)."""
+    daemon = result["daemon"]
+    bare = next((r for r in result["models"] if "latency_ms" in r and
+                 Path(r["model"]).resolve() == Path(daemon["model"]).resolve()), None)
+    if bare is not None:
+        daemon["bare_inference_p50_ms"] = bare["latency_ms"]["p50"]
+        daemon["line_cost_ratio"] = daemon["latency_ms"]["capture_to_decision"]["p50"] / bare["latency_ms"]["p50"]
 
 
 def _speedups(result: Dict) -> None:
@@ -219,7 +233,10 @@ def markdown(result: Dict) -> str:
                       f"accuracy vs known labels {d['accuracy'] * 100:.1f}%, overhead over bare inference "
                       f"(p50 capture->decision minus p50 inference) {d['overhead_ms_p50']:.2f} ms, ejection "
                       f"timing error |p99| {d['ejection_error_ms']['p99_abs']:.2f} ms, |max| "
-                      f"{d['ejection_error_ms']['max_abs']:.2f} ms.", "",
+                      f"{d['ejection_error_ms']['max_abs']:.2f} ms." +
+                      (f" Line cost: capture->decision p50 {d['latency_ms']['capture_to_decision']['p50']:.2f} ms "
+                       f"= {d['line_cost_ratio']:.2f}x the bare inference p50 of the same model "
+                       f"({d['bare_inference_p50_ms']:.2f} ms)." if "line_cost_ratio" in d else ""), "",
                   "| stage | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]
         for stage, p in d["latency_ms"].items():
             if p:

@@ -1,6 +1,7 @@
 """The sorting loop: frames -> items -> batch-1 inference -> decision -> belt-timed pulse.
 
-Threads: capture (newest frame only, trigger on every frame), this loop (inference and
+Threads: capture (newest frame only, trigger on every frame; items it can predict at the
+trigger line are handed over before the frame is searched), this loop (inference and
 decisions), the ejection scheduler, the audit writer and the HTTP servers. The loop is the
 only one that pings the systemd watchdog, and only while frames arrive. The parts come
 from build_line(); the Sorter only runs them.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -28,6 +30,7 @@ from edge.service.wiring import Line, build_line
 
 log = logging.getLogger(__name__)
 QUEUE_LENGTH = 8   # observations waiting for inference; the oldest is dropped beyond this
+GIL_SWITCH_S = 0.0005
 
 
 class Sorter:
@@ -41,6 +44,7 @@ class Sorter:
         self.capture = CaptureThread(line.source, self.config.source, self._on_frame, encoder=line.belt.encoder)
         self._queue: deque = deque()
         self._queue_cv = threading.Condition()
+        self._busy = False   # an observation is being processed
         self.notifier = Notifier()
         self.status: Optional[HttpServer] = None
         self.web: Optional[HttpServer] = None
@@ -73,6 +77,9 @@ class Sorter:
 
     # -- start-up ------------------------------------------------------------------------
     def start(self) -> None:
+        # A thread waiting for the GIL (the ejection timer) waits up to this long for the one
+        # holding it: Python's default 5 ms would show as ejection jitter.
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.audit.start()
         self.scheduler.start()
         if self.line.simulator is not None:
@@ -99,12 +106,20 @@ class Sorter:
     # -- capture thread side ---------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
         self.telemetry.frames.inc()
+        predicted = self.line.trigger.predicted(frame)
+        if predicted:
+            self._enqueue(predicted)
+            # Decisions first: searching the frame meanwhile would take a core from their inference.
+            self._wait_idle(timeout=1 / self.config.source.fps)
         observations = self.line.trigger.observe(frame)
         self.telemetry.entered.inc(self.line.trigger.take_entered())
         for reason in self.line.trigger.take_unclassified():
             self.telemetry.unclassified.labels(reason).inc()
             self.audit.event("item_unclassified", {"reason": reason, "frame": frame.seq})
             log.warning("an item left the view unclassified: %s", reason)
+        self._enqueue(observations)
+
+    def _enqueue(self, observations) -> None:
         for obs in observations:
             with self._queue_cv:
                 if len(self._queue) >= QUEUE_LENGTH:
@@ -123,7 +138,10 @@ class Sorter:
         while not stop.is_set():
             obs = self._next(timeout=0.05)
             if obs is not None:
-                self.process(obs)
+                try:
+                    self.process(obs)
+                finally:
+                    self._done()
             now = time.monotonic()
             if self.capture.processed != last_frames and now - last_ping >= interval:
                 self.notifier.watchdog()  # only from here, only while good frames are processed
@@ -208,7 +226,17 @@ class Sorter:
         with self._queue_cv:
             if not self._queue:
                 self._queue_cv.wait(timeout)
+            self._busy = bool(self._queue)
             return self._queue.popleft() if self._queue else None
+
+    def _done(self) -> None:
+        with self._queue_cv:
+            self._busy = False
+            self._queue_cv.notify_all()
+
+    def _wait_idle(self, timeout: float) -> None:
+        with self._queue_cv:
+            self._queue_cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def process(self, obs: Observation) -> Optional[Dict]:
         started = time.monotonic()

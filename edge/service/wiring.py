@@ -81,7 +81,8 @@ def open_model(config: Config) -> Backend:
     runtime = config.runtime
     path = Path(runtime.model) if runtime.model else config.run_path / "model.onnx"
     providers = [(p.name, dict(p.options)) for p in runtime.providers]
-    options = {"providers": providers, "threads": runtime.threads} if path.suffix == ".onnx" else {}
+    options = {"providers": providers, "threads": runtime.threads, "spinning": runtime.spinning} \
+        if path.suffix == ".onnx" else {}
     backend = open_backend(path, **options)
     if list(backend.info.classes) != list(config.classes):
         backend.close()

@@ -87,10 +87,12 @@ def tensorrt_ep_options(path: Path, precision: str, options: Dict) -> Dict:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, providers: Sequence[Provider] = (CPU,), threads: int = 0):
+    def __init__(self, path: Path, providers: Sequence[Provider] = (CPU,), threads: int = 0,
+                 spinning: bool = True):
         ort = require("onnxruntime", "ort")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3
         chosen = choose_providers(providers, ort.get_available_providers())
         if chosen[0][0] == TENSORRT_EP:  # its options depend on the model's precision, read first on the CPU
