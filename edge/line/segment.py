@@ -17,6 +17,7 @@ import numpy as np
 SPLIT_RATIO = 0.5     # cores: where the distance to the belt is above this share of the blob's peak
 MIN_CORE_SHARE = 0.15  # a core smaller than this share of the blob's largest one is texture, not an item
 CORNER_PX = 2         # how far opening may have shaved an outline
+CORNER_KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * CORNER_PX + 1, 2 * CORNER_PX + 1))
 SOLID = 0.93          # a blob filling this much of its convex hull is one item, whatever its cores
 
 
@@ -81,7 +82,7 @@ def _exact(part: np.ndarray, raw: np.ndarray, x0: int, y0: int) -> Tuple[int, in
     window = raw[y0 - top:y0 + h + pad, x0 - left:x0 + w + pad]
     grown = cv2.copyMakeBorder(part, top, window.shape[0] - h - top, left, window.shape[1] - w - left,
                                cv2.BORDER_CONSTANT, value=0)
-    grown = cv2.dilate(grown, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * pad + 1, 2 * pad + 1)))
+    grown = cv2.dilate(grown, CORNER_KERNEL)
     ex, ey, ew, eh = cv2.boundingRect(grown & window)
     return (ex - left, ey - top, ew, eh)
 

@@ -137,7 +137,8 @@ class VisionTrigger(Trigger):
             if track.decided or not detection.whole or seg.centre[0] < rw / 2:
                 continue  # classify at the trigger line (ROI centre), the whole item in view, once
             track.decided = True
-            observations.append(self._observation(track.id, frame, seg, (x0, y0), belt_mm, detection))
+            bx, by, bw, bh = seg.bbox
+            observations.append(self._observation(track.id, frame, (x0 + bx, y0 + by, bw, bh), belt_mm, detection))
         # Several items in one frame: classified one after another, the one furthest downstream
         # (the earliest ejection) first.
         return sorted(observations, key=lambda o: -o.x_mm)
@@ -164,11 +165,7 @@ class VisionTrigger(Trigger):
             if centre < rw / 2 or box[0] - x0 <= margin or box[0] + box[2] >= x0 + rw - margin:
                 continue  # not at the trigger line yet, or no longer whole in view: observe() decides
             track.decided = True
-            x, y = box[0], max(box[1], 0)
-            crop = frame.image[y:box[1] + box[3], x:x + box[2]].copy()
-            observations.append(Observation(track.id, crop, (x, y, box[2], crop.shape[0]), belt_mm - d.s_mm, belt_mm,
-                                            frame.t_capture, frame.encoder, frame.seq, d.y_mm, d.length_mm,
-                                            d.width_mm, d.angle_deg))
+            observations.append(self._observation(track.id, frame, box, belt_mm, d))
         return sorted(observations, key=lambda o: -o.x_mm)
 
     def _foreground(self, roi: np.ndarray, belt_mm: float) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -206,7 +203,8 @@ class VisionTrigger(Trigger):
         dwell = self._dwell_mm
         dwell += travel
         dwell *= grid                                  # back to 0 wherever the belt shows
-        ghost = dwell > GHOST_TRAVEL_VIEWS * roi.shape[1] * self.line.mm_per_px
+        limit_mm = GHOST_TRAVEL_VIEWS * roi.shape[1] * self.line.mm_per_px
+        ghost = dwell > limit_mm
         if ghost.any():
             cells = cv2.resize(ghost.astype(np.uint8), (grid.shape[1] * GHOST_GRID, grid.shape[0] * GHOST_GRID),
                                interpolation=cv2.INTER_NEAREST)[:mask.shape[0], :mask.shape[1]]
@@ -214,7 +212,7 @@ class VisionTrigger(Trigger):
             self.background[pixels] = roi[pixels]
             dwell[ghost] = 0.0
             log.warning("vision trigger: %d px that stayed foreground over %.0f mm of belt travel taken into "
-                        "the empty belt's image", int(pixels.sum()), GHOST_TRAVEL_VIEWS * roi.shape[1] * self.line.mm_per_px)
+                        "the empty belt's image", int(pixels.sum()), limit_mm)
 
     def _detection(self, seg: Segment, frame: Frame, roi, belt_mm: float) -> Detection:
         x0, y0, rw, rh = roi
@@ -227,14 +225,14 @@ class VisionTrigger(Trigger):
         return Detection(belt_mm - x_mm, y_mm, bw * self.line.mm_per_px, bh * self.line.mm_per_px,
                          whole=not (at_start or at_end), spanning=at_start and at_end, angle_deg=seg.angle_deg)
 
-    def _observation(self, item_id: str, frame: Frame, seg: Segment, origin, belt_mm: float,
-                     detection: Detection) -> Observation:
-        bx, by, bw, bh = seg.bbox
-        x, y = origin[0] + bx, origin[1] + by
-        crop = frame.image[y:y + bh, x:x + bw].copy()
-        return Observation(item_id, crop, (x, y, bw, bh), belt_mm - detection.s_mm, belt_mm, frame.t_capture,
-                           frame.encoder, frame.seq, detection.y_mm, detection.length_mm, detection.width_mm,
-                           seg.angle_deg)
+    @staticmethod
+    def _observation(item_id: str, frame: Frame, box, belt_mm: float, detection: Detection) -> Observation:
+        """The item cropped at `box` (x, y, w, h in the frame, clipped to it)."""
+        x, y = max(box[0], 0), max(box[1], 0)
+        crop = frame.image[y:box[1] + box[3], x:box[0] + box[2]].copy()
+        return Observation(item_id, crop, (x, y, crop.shape[1], crop.shape[0]), belt_mm - detection.s_mm, belt_mm,
+                           frame.t_capture, frame.encoder, frame.seq, detection.y_mm, detection.length_mm,
+                           detection.width_mm, detection.angle_deg)
 
 
 class PhotoEyeTrigger(Trigger):
