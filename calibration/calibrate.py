@@ -126,7 +126,7 @@ def _ranges(work: Path, method: str, form: str) -> Path:
 def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
     """Quantizable layers ordered by how much validation agreement with FP32 drops when each is
     the only one quantized; layers that cost nothing are left out."""
-    subset = Manifest(manifest.data_root, manifest.classes, manifest.seed, manifest.split("val")[:images])
+    subset = manifest.subset(manifest.split("val")[:images])
     reference = predict_split(model, subset, "val", progress=False)[0].argmax(1)
     nodes = quantizable_nodes(model)
     agreement = {}

@@ -41,9 +41,8 @@ def select_items(manifest: Manifest, count: int, seed: int) -> List[Item]:
 
 
 def save_set(path: Path, manifest: Manifest, items: List[Item], spec: PreprocessSpec) -> None:
-    path.write_text(json.dumps({"data_root": manifest.data_root, "classes": manifest.classes,
-                                "preprocess": json.loads(spec.to_json()),
-                                "files": [i.path for i in items]}, indent=1))
+    path.write_text(json.dumps({"classes": manifest.classes, "preprocess": json.loads(spec.to_json()),
+                                "files": [str(manifest.absolute(i)) for i in items]}, indent=1))
 
 
 def load_set(path: Path, model: ModelInfo) -> List[Path]:
@@ -56,7 +55,8 @@ def load_set(path: Path, model: ModelInfo) -> List[Path]:
     if spec != model.preprocess:
         raise DataError(f"{path}: calibration set preprocessing {spec} differs from the model's "
                         f"{model.preprocess}; prepare the set with the model's config")
-    return [Path(data["data_root"]) / f for f in data["files"]]
+    # Sets saved with a data_root list files relative to it; others list them whole.
+    return [Path(data.get("data_root", "")) / f for f in data["files"]]
 
 
 def preprocess_files(files: List[Path], spec: PreprocessSpec, progress: bool = True) -> List[np.ndarray]:

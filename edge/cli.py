@@ -31,12 +31,22 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from edge.vision.dataset import Manifest
+
     prepare = require("train.prepare", "train")
     config = _config(args)
     data_root = Path(args.data or config.data.root)
-    report = prepare.prepare(config, data_root, config.run_path, progress=not args.quiet)
+    report = prepare.prepare(config, data_root, config.run_path, progress=not args.quiet,
+                             review_roots=[Path(r) for r in args.review], hold_out_reviewed=args.hold_out_reviewed)
     print(prepare.format_report(report))
-    print(f"manifest: {config.run_path / 'manifest.json'}")
+    manifest_path = config.run_path / "manifest.json"
+    print(f"manifest: {manifest_path}")
+    if args.freeze_test:
+        frozen = prepare.frozen_test_path(config)
+        count = prepare.freeze_test(Manifest.load(manifest_path), frozen)
+        print(f"test split frozen: {count} images in {frozen}; later prepares keep exactly these as test"
+              + ("" if config.data.frozen_test else
+                 f" (other run dirs find it with data.frozen_test: {frozen})"))
     return 0
 
 
@@ -45,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.epochs:
         config = config.replace(train=config.train.replace(epochs=args.epochs))
-    result = train.train(config, resume=args.resume, progress=not args.quiet)
+    result = train.train(config, resume=args.resume, progress=not args.quiet,
+                         init_from=Path(args.init_from) if args.init_from else None)
     print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
           f"checkpoint {result['checkpoint']}")
     return 0
@@ -221,6 +232,27 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Model A (the line's) against model B (the candidate) on the frozen test set and the
+    reviewed items of the manifest (B's run, else A's, else the config's run)."""
+    from edge.vision.compare import compare
+    from edge.vision.dataset import MANIFEST_NAME, Manifest
+
+    config = _config(args)
+    runs = [Path(r) for r in (args.b, args.a)] + [config.run_path]
+    manifest = next((r / MANIFEST_NAME for r in runs if (r / MANIFEST_NAME).is_file()), runs[-1] / MANIFEST_NAME)
+    out = Path(args.output) if args.output else (Path(args.b) if Path(args.b).is_dir() else config.run_path) / "compare"
+    result = compare(Path(args.a), Path(args.b), Manifest.load(manifest), out,
+                     Path(args.test) if args.test else None, args.alpha)
+    for name, s in result["slices"].items():
+        print(f"{name}: {s['images']} images; A {100 * s['accuracy']['a']:.2f} %, B {100 * s['accuracy']['b']:.2f} %; "
+              f"only A right {s['only_a_right']}, only B right {s['only_b_right']}, McNemar p = {s['mcnemar_p']:.4f}")
+    rec = result["recommendation"]
+    print(f"{rec['verdict'].upper()}: {rec['reason']}")
+    print(f"report: {out / 'compare.md'} and {out / 'compare.json'}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from edge.vision.predict import predict_paths
 
@@ -257,9 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("prepare", cmd_prepare, "check a class-folder dataset and write the split manifest")
     p.add_argument("--data", help="class-folder tree (default: the config's data.root)")
+    p.add_argument("--review", action="append", default=[], metavar="DIR",
+                   help="a review folder the operator page wrote (<class>/<image>); repeatable")
+    p.add_argument("--hold-out-reviewed", action="store_true",
+                   help="all reviewed images form the `review` split (evaluation only), none trains")
+    p.add_argument("--freeze-test", action="store_true",
+                   help="freeze this test split (data.frozen_test, default <run_dir>/frozen_test.json)")
     p = command("train", cmd_train, "fine-tune the backbone on the train split")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.add_argument("--init-from", metavar="RUN_OR_PT",
+                   help="start from a trained model (its run dir or best.pt) instead of ImageNet weights; "
+                        "classes matched by name, a new class gets a new head row")
     p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split, or on a folder")
     p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt "
                                    "(with --folder: the runtime's model)")
@@ -314,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--until", help="up to this time, excluded (default: now)")
     q.add_argument("--csv", action="store_true", help="CSV (the only format; the default)")
     q.add_argument("--output", help="file to write (default: standard output)")
+    p = command("compare", cmd_compare, "is model B better than model A? Paired test on the frozen test set "
+                                        "and the reviewed items; writes a promotion recommendation")
+    p.add_argument("a", help="the line's model: a run dir (its model.onnx) or a model file")
+    p.add_argument("b", help="the candidate: a run dir or a model file")
+    p.add_argument("--test", help="frozen test set file (default: the manifest's data.frozen_test, else its test split)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--output", help="where compare.json/.md go (default <B run>/compare)")
     p = command("predict", cmd_predict, "classify images or folders", config=False)
     p.add_argument("model", help="model.onnx, best.pt or model.ts")
     p.add_argument("images", nargs="+", help="image files or folders")

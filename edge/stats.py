@@ -1,7 +1,8 @@
-"""Summary statistics used everywhere numbers are reported: latency percentiles and the
-confidence interval of an accuracy."""
+"""Summary statistics used everywhere numbers are reported: latency percentiles, the
+confidence interval of an accuracy, and the paired test of two models on the same images."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -26,3 +27,14 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> Tuple[float, f
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for two models scored on the same images: `only_a` images
+    only model A got right, `only_b` only B. Images both got right or wrong say nothing about
+    which is better; under "equally good" each discordant image is a fair coin."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

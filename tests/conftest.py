@@ -57,7 +57,10 @@ def write_config(path: Path, data_root: Path, run_dir: Path, **sections) -> Path
         "export": {"parity_images": 4},
     }
     for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            config.setdefault(name, {}).update(values)
+        else:
+            config[name] = values
     path.write_text(yaml.safe_dump(config))
     return path
 

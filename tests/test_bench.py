@@ -5,6 +5,7 @@ import pytest
 
 from edge.cli import main
 from edge.service.bench import SPEED_FLAGS
+from edge.vision.dataset import Manifest
 from tests.conftest import line_config
 
 
@@ -17,20 +18,22 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     # runtime.model left at its default (<run_dir>/model.onnx), as the shipped demo line has it
     line_config(tmp_path, run, run_dir=str(out), runtime={"model": ""}, simulator={"items": 3})
     assert main(["bench", "--config", str(tmp_path / "line.yaml"), "--iterations", "5", "--warmup", "1",
-                 "--daemon-items", "10"]) == 0
+                 "--daemon-items", "30"]) == 0
+    test_images = len(Manifest.load(out / "manifest.json").split("test"))
     result = json.loads((out / "bench" / "bench.json").read_text())
     rows = {(r["backend"], r["precision"]): r for r in result["models"]}
     assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")}  # CPU: the one provider here
     assert rows[("ONNX Runtime (CPU)", "fp32")]["runs_on"] == "CPUExecutionProvider"
     for row in rows.values():
         assert row["latency_ms"]["n"] == 5 and row["latency_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
-        assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == 6
+        assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == test_images
     torch_p50, ort_p50 = (rows[k]["latency_ms"]["p50"] for k in (("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")))
     assert rows[("PyTorch eager", "fp32")]["speedup_vs_ort_fp32"] == pytest.approx(ort_p50 / torch_p50)
     assert result["daemon"]["model"] == str(out / "model.onnx")
     assert (out / "bench" / "line" / "audit.db").is_file() and not (out / "audit.db").exists()
-    # the belt carries the run's test split (6 images), not the 48-image dataset folder
-    assert result["daemon"]["items"] == 6 and result["daemon"]["latency_ms"]["inference"]["n"] == 6
+    # the belt carries the run's test split, not the 48-image dataset folder
+    assert result["daemon"]["items"] == test_images < 30
+    assert result["daemon"]["latency_ms"]["inference"]["n"] == test_images
     flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
     assert set(result["machine"]["cpu_flags"]) == flags & SPEED_FLAGS                 # what this CPU really has
     assert " ".join(result["machine"]["cpu_flags"]) in (out / "bench" / "bench.md").read_text()

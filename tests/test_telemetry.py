@@ -12,6 +12,7 @@ def row(n, label):
 def test_totals_outlive_the_recent_window_and_match_metrics():
     """The summary once counted a list capped at 20000 entries; totals now come from counters."""
     telemetry = Telemetry(window=5)
+    telemetry.model_label = "0123456789ab"  # the running model: every decision metric names it
     for n in range(1, 13):
         telemetry.decision(row(n, "glass" if n % 3 else "metal"), {stage: 0.001 * n for stage in STAGES})
     assert len(telemetry.recent_decisions()) == 5                      # the window is bounded ...
@@ -21,8 +22,10 @@ def test_totals_outlive_the_recent_window_and_match_metrics():
     assert telemetry.latency_ms()["inference"]["n"] == 5
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(telemetry.render().decode()) for s in family.samples}
-    assert samples[("scrapsort_items_total", (("class", "glass"),))] == 8
-    assert samples[("scrapsort_rejects_total", ())] == 3
+    assert samples[("scrapsort_items_total", (("class", "glass"), ("model", "0123456789ab")))] == 8
+    assert samples[("scrapsort_rejects_total", (("model", "0123456789ab"),))] == 3
+    assert samples[("scrapsort_top1_confidence_count", (("model", "0123456789ab"),))] == 12
+    assert samples[("scrapsort_top1_confidence_bucket", (("le", "0.5"), ("model", "0123456789ab")))] == 3
     assert samples[("scrapsort_stage_latency_seconds_count", (("stage", "inference"),))] == 12
     assert any(name.startswith("python_gc_") for name, _ in samples)   # runtime metrics come for free
 

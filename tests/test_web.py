@@ -70,7 +70,8 @@ def test_operator_page(line, tmp_path):
         page.click("#resume")
         page.wait_for_function("document.getElementById('control-msg').textContent === 'sorting'")
 
-        # Review queue: relabel the first low-confidence capture as metal.
+        # Review queue: relabel the first low-confidence capture as metal, signed by the operator.
+        page.fill("#reviewer", "Ana Lima")
         page.click("a[href='#review']")
         page.wait_for_selector(".review", timeout=20000)
         item = page.locator(".review").first
@@ -83,6 +84,9 @@ def test_operator_page(line, tmp_path):
 
     saved = list((tmp_path / "line" / "review" / "metal").glob(f"review-{decision_id}-*.jpg"))
     assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\xff\xd8")
+    filed = [json.loads(line) for line in (tmp_path / "line" / "review" / "reviews.jsonl").read_text().splitlines()]
+    assert len(filed) == 1 and filed[0]["reviewer"] == "Ana Lima" and filed[0]["decision_id"] == int(decision_id)
+    assert filed[0]["file"] == f"metal/{saved[0].name}" and filed[0]["line_model"] == sorter.model.sha256[:12]
 
     def logged():
         with sqlite3.connect(str(sorter.audit.path), timeout=5) as db:

@@ -60,8 +60,8 @@ class ManifestDataset(Dataset):
         return len(self.items)
 
     def resized(self, item: Item) -> np.ndarray:
-        if self.cache is not None and item.path in self.cache:
-            return self.cache[item.path]
+        if self.cache is not None and item.sha256 in self.cache:
+            return self.cache[item.sha256]
         return self.pre.resize(read_image(self.manifest.absolute(item)))
 
     def __getitem__(self, index: int):
@@ -81,7 +81,7 @@ def cache_resized(manifest: Manifest, items: Sequence[Item], pre: Preprocessor, 
     cache = {}
     for item in tqdm(items, desc="caching images", unit="img", disable=not progress):
         try:
-            cache[item.path] = pre.resize(read_image(manifest.absolute(item)))
+            cache[item.sha256] = pre.resize(read_image(manifest.absolute(item)))
         except ImageError as exc:  # the file changed since `prepare`
             raise ImageError(f"{exc}; re-run `scrapsort prepare`") from None
     return cache

@@ -6,6 +6,7 @@ needs nothing else. Parity: ONNX Runtime and PyTorch must agree on real images.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Dict, Optional
@@ -33,7 +34,8 @@ def export(config: Config, checkpoint: Optional[str] = None, dynamic_batch: Opti
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / BEST
     model, ckpt = model_from_checkpoint(ckpt_path)
     spec = ckpt["preprocess_spec"]
-    info = ModelInfo(path="", sha256="", classes=tuple(ckpt["classes"]), preprocess=spec, backbone=ckpt["backbone"])
+    info = ModelInfo(path="", sha256="", classes=tuple(ckpt["classes"]), preprocess=spec, backbone=ckpt["backbone"],
+                     version=f"{run_dir.name}-e{ckpt['epoch']}-{time.strftime('%Y%m%dT%H%M')}")
     dynamic = config.export.dynamic_batch if dynamic_batch is None else dynamic_batch
     dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
 

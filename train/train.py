@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from edge.config import Config
+from edge.errors import ModelError
 from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
@@ -41,7 +42,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
+def train(config: Config, resume: bool = False, progress: bool = True, init_from: Optional[Path] = None) -> Dict:
     run_dir = config.run_path
     cfg = config.train
     seed_everything(cfg.seed)
@@ -60,7 +61,11 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
     val_loader = make_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed)
 
     # Model, loss, optimiser, schedule.
-    model = build_model(config.model, len(manifest.classes)).to(device)
+    model = build_model(config.model, len(manifest.classes), load_weights=init_from is None)
+    if init_from is not None and not (resume and (run_dir / LAST).is_file()):
+        started_from = init_weights(model, config, spec, manifest.classes, init_from)
+        log.info("starting from %s", started_from)
+    model = model.to(device)
     freeze_stages(model, config.model.backbone, config.model.freeze_stages)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
@@ -113,6 +118,43 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> Dict:
 
     (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
     return {"best_val_acc": state["best_val_acc"], "epochs": state["epoch"], "checkpoint": str(run_dir / BEST)}
+
+
+def init_weights(model: nn.Module, config: Config, spec: PreprocessSpec, classes, source: Path) -> str:
+    """Start from a trained model (a run dir or its checkpoint) instead of ImageNet: the
+    backbone and each class's head row by class name. A class the source lacks gets a new
+    row (its layer's default init, bias at the other rows' mean, so it starts neither favoured
+    nor ruled out); a class the config dropped is refused, since the line would lose a bin."""
+    path = Path(source)
+    path = path / BEST if path.is_dir() else path
+    ckpt = load_checkpoint(path)
+    if ckpt.get("backbone") != config.model.backbone:
+        raise ModelError(f"{path}: a {ckpt.get('backbone')} model; the config trains {config.model.backbone} "
+                         f"(set model.backbone to match, or train from ImageNet weights without --init-from)")
+    if PreprocessSpec.from_json(ckpt["preprocess"]) != spec:
+        raise ModelError(f"{path}: preprocessed as {ckpt['preprocess']}, the config as {spec.to_json()}; "
+                         f"set model.input_size and preprocess.normalisation to match")
+    old = list(ckpt["classes"])
+    dropped = [c for c in old if c not in classes]
+    if dropped:
+        raise ModelError(f"{path}: classes {dropped} are not in this config's classes; keep every class "
+                         f"(a new one may be added) or train without --init-from")
+    layer = [m for m in head(model, config.model.backbone).modules() if isinstance(m, nn.Linear)][-1]
+    prefix = next(name for name, m in model.named_modules() if m is layer) + "."
+    state = {k: v for k, v in ckpt["model"].items() if not k.startswith(prefix)}
+    model.load_state_dict(state, strict=False)
+    missing = set(model.state_dict()) - set(state) - {prefix + "weight", prefix + "bias"}
+    if missing:
+        raise ModelError(f"{path}: its weights do not fit this model ({sorted(missing)[:3]} missing)")
+    with torch.no_grad():
+        old_weight, old_bias = ckpt["model"][prefix + "weight"], ckpt["model"][prefix + "bias"]
+        layer.bias.fill_(float(old_bias.mean()))
+        for index, name in enumerate(classes):
+            if name in old:
+                layer.weight[index] = old_weight[old.index(name)]
+                layer.bias[index] = old_bias[old.index(name)]
+    added = [c for c in classes if c not in old]
+    return f"{path} ({len(old)} classes{'; new: ' + ', '.join(added) if added else ''})"
 
 
 def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: float):

@@ -12,11 +12,11 @@ from edge.config.model import (AugmentConfig, CalibrationConfig, DataConfig, Eng
 from edge.config.plant import (ACTUATOR_TYPES, ActuatorConfig, GpioActuatorConfig, GpioInputConfig, InputsConfig,
                                ModbusActuatorConfig, ModbusEncoderConfig, MqttActuatorConfig,
                                SimulatedActuatorConfig)
-from edge.config.service import AuditConfig, ObservabilityConfig, WebConfig
+from edge.config.service import AuditConfig, ModelsConfig, ObservabilityConfig, WebConfig
 
 __all__ = ["ACTUATOR_TYPES", "ActuatorConfig", "AuditConfig", "AugmentConfig", "CalibrationConfig", "Config",
            "DataConfig", "DecisionConfig", "EjectorConfig", "EngineConfig", "ExportConfig", "GpioActuatorConfig",
            "GpioInputConfig", "InputsConfig", "LineConfig", "ModbusActuatorConfig", "ModbusEncoderConfig",
            "ModelConfig", "MqttActuatorConfig", "ObservabilityConfig", "PreprocessConfig", "RuntimeConfig",
-           "SimulatedActuatorConfig", "SimulatorConfig", "SourceConfig", "TrainConfig", "TriggerConfig", "WebConfig",
+           "SimulatedActuatorConfig", "SimulatorConfig", "SourceConfig", "TrainConfig", "TriggerConfig", "WebConfig", "ModelsConfig",
            "config_from_dict", "json_schema", "load_config", "schema_text"]

@@ -16,7 +16,7 @@ from edge.config.line import DecisionConfig, LineConfig, SimulatorConfig, Source
 from edge.config.model import (CalibrationConfig, DataConfig, EngineConfig, ExportConfig, ModelConfig,
                                PreprocessConfig, RuntimeConfig, TrainConfig)
 from edge.config.plant import ActuatorConfig, InputsConfig, SimulatedActuatorConfig
-from edge.config.service import AuditConfig, ObservabilityConfig, WebConfig
+from edge.config.service import AuditConfig, ModelsConfig, ObservabilityConfig, WebConfig
 from edge.errors import ConfigError
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "configs" / "scrapsort.schema.json"
@@ -44,6 +44,7 @@ class Config(Section):
     audit: AuditConfig = AuditConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     web: WebConfig = WebConfig()
+    models: ModelsConfig = ModelsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     _source_file: str = PrivateAttr("<defaults>")
 

@@ -2,7 +2,7 @@
 preprocessing, training, export, calibration, TensorRT engine, and the runtime that loads it."""
 from __future__ import annotations
 
-from typing import Annotated, Dict, Literal, Tuple, Union
+from typing import Annotated, Dict, Literal, Optional, Tuple, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -20,6 +20,9 @@ class DataConfig(Section):
     val_fraction: Float = Field(0.1, gt=0, lt=1)
     test_fraction: Float = Field(0.1, gt=0, lt=1)
     seed: Int = 42
+    frozen_test: Optional[Str] = Field(None, description="the frozen test set (`prepare --freeze-test` writes it); "
+                                       "default <run_dir>/frozen_test.json. Its images are the test split "
+                                       "whatever is added, so models are compared on the same images")
 
     @model_validator(mode="after")
     def _fractions(self):

@@ -45,3 +45,19 @@ class WebConfig(_Listener):
     batch_root: Str = Field("", description="batch tests may read server folders inside this one only "
                                             "('' : uploaded zips only)")
     batch_max_mb: Int = Field(200, ge=1, le=4096, description="largest zip a batch test accepts")
+
+
+class ModelsConfig(Section):
+    """Swapping the running model (SIGHUP, the operator page) and running a candidate in shadow."""
+    dir: Str = Field("", description="swap requests from the page may load model files inside this folder only "
+                                     "(default <run_dir>)")
+    canary: Str = Field("", description="class-folder tree of images a new model must pass before it sorts "
+                                        "(default: the run's frozen test set, else its test split)")
+    canary_images: Int = Field(60, ge=0, le=5000, description="at most this many canary images (a seeded sample); "
+                                                              "0 skips the canary")
+    min_agreement: Float = Field(0.85, ge=0, le=1, description="share of canary images on which the new model "
+                                                               "must answer as the running one")
+    min_accuracy: Float = Field(0.0, ge=0, le=1, description="the new model's accuracy on the canary labels")
+    shadow: Str = Field("", description="a candidate model run on the same crops as the live one, off the hot path")
+    shadow_queue: Int = Field(4, ge=1, le=64, description="crops waiting for the shadow model; more are dropped "
+                                                          "(counted): it never delays the line")

@@ -11,7 +11,6 @@ The image's x axis is the belt direction, its y axis the belt width; both at mm_
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.errors import ConfigError
+from edge.vision.dataset import Manifest
 from edge.vision.images import IMAGE_SUFFIXES, read_image
 from edge.line.inputs import Encoder, LineInputs, PhotoEye
 from edge.line.sources import EndOfStream, Frame, Source
@@ -226,8 +226,8 @@ def sample_items(config: Config) -> List[tuple]:
     manifest = config.run_path / "manifest.json"
     rng = random.Random(sim.seed)
     if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        pool = [(i["label"], Path(data["data_root"]) / i["path"]) for i in data["items"] if i["split"] == sim.split]
+        split = Manifest.load(manifest)
+        pool = [(item.label, split.absolute(item)) for item in split.split(sim.split)]
     else:
         root = Path(sim.dataset)
         if not root.is_dir():

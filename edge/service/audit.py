@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     eject_target_mm REAL,
     latency_ms TEXT NOT NULL,
     model_sha256 TEXT NOT NULL,
-    capture TEXT
+    capture TEXT,
+    model_version TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (t_wall);
 CREATE TABLE IF NOT EXISTS events (
@@ -75,6 +76,8 @@ def connect(path: Path) -> sqlite3.Connection:
     columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
     if "y_mm" not in columns:  # a log from before items were placed across the belt
         db.execute("ALTER TABLE decisions ADD COLUMN y_mm REAL")
+    if "model_version" not in columns:  # a log from before models could be swapped while sorting
+        db.execute("ALTER TABLE decisions ADD COLUMN model_version TEXT")
     return db
 
 
@@ -211,10 +214,11 @@ class AuditLog(threading.Thread):
         capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
         self.db.execute(
             "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, y_mm, belt_mm,"
-            " eject_target_mm, latency_ms, model_sha256, capture) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " eject_target_mm, latency_ms, model_sha256, capture, model_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row["item_id"], row["t_wall"], row["class"], row["confidence"], json.dumps(row["top3"]),
              row["bin"], row["reason"], row["x_mm"], row.get("y_mm"), row["belt_mm"], row.get("eject_target_mm"),
-             json.dumps(row["latency_ms"]), self.model_sha256, capture))
+             json.dumps(row["latency_ms"]), row.get("model_sha256", self.model_sha256), capture,
+             row.get("model_version")))
 
     def rotate(self) -> None:
         """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
@@ -275,7 +279,7 @@ class AuditLog(threading.Thread):
 
 # -- CSV export (operator page and `scrapsort audit export`) -----------------------------------
 EXPORT_COLUMNS = ("id", "time_utc", "t_wall", "item_id", "class", "confidence", "top3", "bin", "reason",
-                  *(f"{stage}_ms" for stage in STAGES), "model_sha256")
+                  *(f"{stage}_ms" for stage in STAGES), "model_sha256", "model_version")
 
 
 def export_csv(db_path: Path, since: float, until: float, chunk: int = 500) -> Iterator[str]:
@@ -288,7 +292,7 @@ def export_csv(db_path: Path, since: float, until: float, chunk: int = 500) -> I
     yield _take(out)
     with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)) as db:
         cursor = db.execute("SELECT id, t_wall, item_id, class, confidence, top3, bin, reason, latency_ms, "
-                            "model_sha256 FROM decisions WHERE t_wall >= ? AND t_wall < ? ORDER BY id", (since, until))
+                            "model_sha256, model_version FROM decisions WHERE t_wall >= ? AND t_wall < ? ORDER BY id", (since, until))
         while rows := cursor.fetchmany(chunk):
             for row in rows:
                 writer.writerow(_export_row(row))
@@ -296,12 +300,12 @@ def export_csv(db_path: Path, since: float, until: float, chunk: int = 500) -> I
 
 
 def _export_row(row) -> list:
-    id_, t_wall, item_id, label, confidence, top3, bin_, reason, latency, sha = row
+    id_, t_wall, item_id, label, confidence, top3, bin_, reason, latency, sha, version = row
     latency = json.loads(latency)
     top = " | ".join(f"{t['class']}:{t['confidence']:.4f}" for t in json.loads(top3))
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t_wall)) + f".{int(t_wall % 1 * 1000):03d}Z"
     return [id_, when, f"{t_wall:.3f}", item_id, label, f"{confidence:.4f}", top, bin_ or "", reason,
-            *(f"{latency[s]:.3f}" if latency.get(s) is not None else "" for s in STAGES), sha[:12]]
+            *(f"{latency[s]:.3f}" if latency.get(s) is not None else "" for s in STAGES), sha[:12], version or ""]
 
 
 def _csv_buffer():

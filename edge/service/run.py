@@ -38,7 +38,7 @@ def run_line(config: Config, stop: threading.Event = None) -> dict:
         simulator = SimulatedConveyor(config)
     stop = stop or threading.Event()
     sorter = Sorter.from_config(config, simulator=simulator)
-    previous = _install_signal_handlers(stop)
+    previous = _install_signal_handlers(stop, sorter.reload_requested)
     log.info("sorting: model %s, source %s", sorter.model.path, config.source.uri)
     try:
         sorter.run_to_end(stop)  # outputs off on every way out, errors included
@@ -51,11 +51,15 @@ def run_line(config: Config, stop: threading.Event = None) -> dict:
     return summary
 
 
-def _install_signal_handlers(stop: threading.Event):
+def _install_signal_handlers(stop: threading.Event, reload: threading.Event):
+    """SIGTERM/SIGINT stop the line; SIGHUP (systemctl reload) asks for the configured model.
+    The handlers only set events: the loop acts on them (a handler must never wait for a lock)."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    handler = lambda signum, frame: stop.set()  # noqa: E731
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stopping = lambda signum, frame: stop.set()  # noqa: E731
+    previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+    return previous
 
 
 def _restore(previous) -> None:

@@ -25,8 +25,9 @@ from edge.line.sources import CaptureThread, Frame
 from edge.line.trigger import Observation
 from edge.plant.base import Actuator, all_off
 from edge.service.http import HttpServer, status_app
+from edge.service.model_swap import ModelSwapper
 from edge.service.sdnotify import Notifier
-from edge.service.wiring import Line, build_line
+from edge.service.wiring import Line, build_line, model_path
 
 log = logging.getLogger(__name__)
 QUEUE_LENGTH = 8   # observations waiting for inference; the oldest is dropped beyond this
@@ -37,7 +38,7 @@ class Sorter:
     def __init__(self, line: Line):
         self.line, self.config = line, line.config
         self.telemetry, self.audit, self.controls = line.telemetry, line.audit, line.controls
-        self.backend, self.model, self.decider = line.backend, line.model, line.decider
+        self.decider = line.decider
         self.actuators, self.ejectors, self.belt = line.actuators, line.ejectors, line.belt
         self.scheduler = EjectionScheduler(line.belt, line.actuators, self._on_fired, self._on_late,
                                            self._on_pulse_error)
@@ -46,6 +47,10 @@ class Sorter:
         self._queue_cv = threading.Condition()
         self._busy = False   # an observation is being processed
         self.notifier = Notifier()
+        self.swapper = ModelSwapper(self.config, lambda: self.line.model, self.audit.event)
+        self.reload_requested = threading.Event()  # SIGHUP
+        self.telemetry.set_model(self.model)
+        self.telemetry.watch_disk({"audit": self.audit.path.parent, "captures": self.audit.captures.folder})
         self.status: Optional[HttpServer] = None
         self.web: Optional[HttpServer] = None
         self.operator = None
@@ -54,6 +59,14 @@ class Sorter:
         self._links_ok = self._camera_was_ok = True
         self._link_state: Dict[int, bool] = {}
         self._captures_reason: Optional[str] = None
+
+    @property
+    def backend(self):
+        return self.line.backend
+
+    @property
+    def model(self):
+        return self.line.model
 
     @classmethod
     def from_config(cls, config: Config, simulator: Optional[SimulatedConveyor] = None,
@@ -89,7 +102,7 @@ class Sorter:
             if server is not None:
                 server.start()
         self.started = True
-        self.audit.event("start", {"model": self.model.path, "sha256": self.model.sha256})
+        self.audit.event("start", {"model": self.model.path, "sha256": self.model.sha256, "version": self.model.version})
         self._notify_ready()
 
     def _notify_ready(self) -> None:
@@ -101,7 +114,7 @@ class Sorter:
             self.notifier.status(f"waiting for actuator link(s): {', '.join(down)}")
             return
         self._ready_sent = True
-        self.notifier.ready(f"sorting with {Path(self.model.path).name}")
+        self.notifier.ready(f"sorting with {self.model.label}")
 
     # -- capture thread side ---------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
@@ -136,6 +149,7 @@ class Sorter:
         last_ping, last_frames = 0.0, -1
         interval = self.notifier.watchdog_interval or 1.0
         while not stop.is_set():
+            self._swap_model()
             obs = self._next(timeout=0.05)
             if obs is not None:
                 try:
@@ -153,6 +167,33 @@ class Sorter:
             self._watch_captures()
             if self.capture.ended.is_set() and not self._queue and self.scheduler.pending() == 0:
                 break
+
+    def _swap_model(self) -> None:
+        """A checked model takes over here, between two items (none is in process)."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload_model()
+        staged = self.swapper.take()
+        if staged is None:
+            return
+        old = self.line.backend
+        self.line.backend, self.line.pre = staged.backend, staged.pre
+        self.telemetry.set_model(staged.backend.info)
+        self.swapper.swapped(old.info, staged.backend.info, staged)
+        self.notifier.status(f"sorting with {self.model.label}")
+        old.close()
+
+    def reload_model(self) -> None:
+        """SIGHUP: the configured model (runtime.model, re-read from the config file) takes over
+        if it passes the checks; a broken config or model changes nothing."""
+        from edge.config import load_config
+
+        try:
+            config = load_config(self.config.source_file) if Path(self.config.source_file).is_file() else self.config
+            self.swapper.request(model_path(config), "reload")
+        except Exception as exc:  # e.g. a config with a typo: the running model stays
+            self.audit.event("model_swap_refused", {"reason": "reload", "error": str(exc)})
+            log.error("reload refused, %s keeps sorting: %s", self.model.label, exc)
 
     def _watch_links(self) -> None:
         """A lost link to an actuator that fires (PLC, eject commands): nothing pending survives,
@@ -240,6 +281,7 @@ class Sorter:
 
     def process(self, obs: Observation) -> Optional[Dict]:
         started = time.monotonic()
+        model = self.model
         max_age = self.config.line.max_frame_age_ms / 1000
         if started - obs.t_capture > max_age:
             return self._stale(obs, started)
@@ -260,7 +302,7 @@ class Sorter:
         row = {"item_id": obs.item_id, "t_wall": time.time(), "class": decision.label,
                "confidence": decision.confidence, "top3": decision.top, "bin": decision.bin,
                "reason": decision.reason, "x_mm": obs.x_mm, "y_mm": obs.y_mm, "belt_mm": obs.belt_mm,
-               "eject_target_mm": target,
+               "eject_target_mm": target, "model_sha256": model.sha256, "model_version": model.label,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
         self.audit.record(row, obs.crop, keep_crop=decision.reason in REJECT_REASONS)
         for actuator in self.actuators:
@@ -365,6 +407,7 @@ class Sorter:
             actuator.close()
         if dropped:
             log.info("%d pending ejection(s) dropped at shutdown", dropped)
+        self.swapper.close()
         self.audit.event("stop", {"pending_dropped": dropped})
         self.audit.close()
         for server in (self.status, self.web):

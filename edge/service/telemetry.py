@@ -6,8 +6,10 @@ summary come from a bounded window of recent latencies (the daemon runs for mont
 """
 from __future__ import annotations
 
+import shutil
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Deque, Dict, List, Optional
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
@@ -18,9 +20,17 @@ from edge.service.history import History
 from edge.stats import percentiles
 
 STAGES = ("frame_age", "preprocess", "inference", "postprocess", "capture_to_decision")
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # *_created series: noise for a line's dashboards
+
+
+def _free_bytes(folder: Path) -> float:
+    try:
+        return float(shutil.disk_usage(folder).free)
+    except OSError:
+        return float("nan")  # the folder is gone: the alert on it says so
 
 
 class Telemetry:
@@ -33,8 +43,8 @@ class Telemetry:
             return Counter(name, text, labels, namespace="scrapsort", registry=self.registry)
 
         self.frames = counter("frames", "camera frames received")
-        self.items = counter("items", "items classified, by class", ["class"])
-        self.rejects = counter("rejects", "items below the confidence threshold (reject bin)")
+        self.items = counter("items", "items classified, by class and the model that decided", ["class", "model"])
+        self.rejects = counter("rejects", "items below the confidence threshold (reject bin), by model", ["model"])
         self.invalid_outputs = counter("invalid_outputs", "items whose model output was NaN/Inf (reject bin)")
         self.stale = counter("stale_frames", "observations skipped as older than line.max_frame_age_ms")
         self.dropped = counter("dropped_items", "observations dropped because inference fell behind")
@@ -63,16 +73,39 @@ class Telemetry:
                                         namespace="scrapsort", registry=self.registry, buckets=LATENCY_BUCKETS_S)
         self.link_up = Gauge("actuator_link_up", "1 while the link to an actuator (PLC, broker, GPIO) is up",
                              ["actuator"], namespace="scrapsort", registry=self.registry)
+        # Drift: how sure the model is, per model; Prometheus windows it (configs/prometheus/).
+        self.confidence = Histogram("top1_confidence", "top-1 softmax confidence of each decided item", ["model"],
+                                    namespace="scrapsort", registry=self.registry, buckets=CONFIDENCE_BUCKETS)
+        self.model_info = Gauge("model_info", "1 for the model now sorting (its version and short sha256)",
+                                ["model", "version", "sha256", "precision"], namespace="scrapsort", registry=self.registry)
+        self.disk_free = Gauge("disk_free_bytes", "free space where the audit log and captures are written",
+                               ["path"], namespace="scrapsort", registry=self.registry)
+        self.model_label = ""
         self.history = History()
         self._lock = threading.Lock()
         self.recent: Deque[dict] = deque(maxlen=window)  # recent decisions, for the page and the demo's truth check
         self._latency: Dict[str, Deque[float]] = {stage: deque(maxlen=window) for stage in STAGES}
 
     # -- recording -----------------------------------------------------------------------
+    def set_model(self, info) -> None:
+        """The running model, as every decision metric's `model` label names it."""
+        self.model_info.clear()
+        self.model_label = info.sha256[:12]
+        self.model_info.labels(self.model_label, info.version or Path(info.path).name, info.sha256,
+                               info.precision).set(1)
+
+    def watch_disk(self, folders: Dict[str, Path]) -> None:
+        """Free bytes per folder, read when scraped (a full disk stops captures, then the audit log)."""
+        for name, folder in folders.items():
+            self.disk_free.labels(name).set_function(lambda folder=folder: _free_bytes(folder))
+
     def decision(self, row: dict, latency_s: Dict[str, float]) -> None:
-        self.items.labels(row["class"]).inc()
+        model = (row.get("model_sha256") or self.model_label)[:12]
+        self.items.labels(row["class"], model).inc()
+        if row["confidence"] == row["confidence"]:  # NaN (an invalid output) has no place in a histogram
+            self.confidence.labels(model).observe(row["confidence"])
         if row["reason"] == "low_confidence":
-            self.rejects.inc()
+            self.rejects.labels(model).inc()
         elif row["reason"] == "invalid_output":
             self.invalid_outputs.inc()
         for stage, seconds in latency_s.items():
@@ -104,7 +137,13 @@ class Telemetry:
 
     @staticmethod
     def by_label(metric: Counter, label: str) -> Dict[str, int]:
-        return {s.labels[label]: int(s.value) for m in metric.collect() for s in m.samples if s.name.endswith("_total")}
+        """Totals per value of one label, summed over the others (e.g. per class over models)."""
+        totals: Dict[str, int] = {}
+        for m in metric.collect():
+            for s in m.samples:
+                if s.name.endswith("_total"):
+                    totals[s.labels[label]] = totals.get(s.labels[label], 0) + int(s.value)
+        return totals
 
     @property
     def decisions(self) -> int:

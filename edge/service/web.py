@@ -35,7 +35,9 @@ from edge.errors import ConfigError, DataError, ImageError
 from edge.secrets import read_secret
 from edge.service.batch_test import BatchTests, BusyError
 from edge.service.http import app, read_body
+from edge.service.model_swap import SwapBusy, SwapRefused
 from edge.vision.batch import results_csv
+from edge.vision.dataset import REVIEW_LOG
 from edge.vision.images import decode_image
 from edge.vision.predict import Classifier
 
@@ -99,11 +101,14 @@ class OperatorWeb:
     def classify(self, data: bytes) -> dict:
         image = decode_image(data, "upload", max_pixels=MAX_UPLOAD_PIXELS)
         with self._classify_lock:  # its own backend instance: the sorting loop's buffers stay its own
+            if self._classifier is not None and self._classifier.backend.info.sha256 != self.sorter.model.sha256:
+                self._classifier.backend.close()  # the line swapped its model: the page follows
+                self._classifier = None
             if self._classifier is None:
                 self._classifier = Classifier(self._page_backend())
             return self._classifier.classify(image, top=3)
 
-    def save_for_review(self, data: bytes, label: str) -> str:
+    def save_for_review(self, data: bytes, label: str, reviewer: str = "") -> str:
         """A camera frame the operator files under a class (the review folder, as relabelled captures)."""
         if label not in self.sorter.model.classes:
             raise ValueError(f"unknown class {label!r}")
@@ -111,6 +116,7 @@ class OperatorWeb:
         target = self.review_dir / label / f"camera-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+        self._log_review(target, label, reviewer, source="camera")
         self.sorter.audit.event("camera_frame_saved", {"label": label, "file": str(target)})
         return str(target)
 
@@ -118,7 +124,7 @@ class OperatorWeb:
         return [{**{k: v for k, v in item.items() if k != "capture"}, "image": f"/captures/{item['capture']}"}
                 for item in self.sorter.audit.review_queue()]
 
-    def relabel(self, decision_id: int, label: str) -> str:
+    def relabel(self, decision_id: int, label: str, reviewer: str = "") -> str:
         if label not in self.sorter.model.classes:
             raise ValueError(f"unknown class {label!r}")
         capture = self.sorter.audit.capture_of(decision_id)
@@ -128,9 +134,31 @@ class OperatorWeb:
         target = self.review_dir / label / f"review-{decision_id}-{source.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+        self._log_review(target, label, reviewer, source="review_queue", decision_id=decision_id)
         self.sorter.audit.mark_reviewed(decision_id, label, str(target))
         self.sorter.audit.event("relabel", {"decision_id": decision_id, "label": label, "file": str(target)})
         return str(target)
+
+    def _log_review(self, target: Path, label: str, reviewer: str, **detail) -> None:
+        """One line per filed image in <review_dir>/reviews.jsonl: `scrapsort prepare --review`
+        reads who filed it and when into the manifest."""
+        entry = {"file": str(target.relative_to(self.review_dir)), "label": label,
+                 "reviewed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reviewer": _reviewer(reviewer),
+                 "line_model": self.sorter.model.sha256[:12], **detail}
+        with open(self.review_dir / REVIEW_LOG, "a") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    def model_action(self, action: str, name: str) -> dict:
+        """Swap to a model file in models.dir, or roll back; checked off the loop, answered at once."""
+        swapper = self.sorter.swapper
+        if action == "swap":
+            swapper.request(swapper.allowed(name), "operator page")
+        elif action == "rollback":
+            swapper.rollback()
+        else:
+            raise ValueError(f"unknown action {action!r} (swap or rollback)")
+        self.sorter.audit.event("operator", {"action": f"model {action}", "file": name or None})
+        return swapper.status()
 
     def capture_path(self, name: str) -> Path:
         path = (self.captures_dir / unquote(name)).resolve()
@@ -189,13 +217,15 @@ class OperatorWeb:
             Route("/api/review/{decision_id:int}", self._relabel, methods=["POST"]),
             Route("/api/review/camera", self._save_camera_frame, methods=["POST"]),
             Route("/api/history", self._history, methods=["GET"]),
+            Route("/api/model", self._model_status, methods=["GET"]),
+            Route("/api/model", self._model_action, methods=["POST"]),
             Route("/api/audit.csv", self._audit_csv, methods=["GET"]),
             Route("/api/batch", self._batch_start, methods=["POST"]),
             Route("/api/batch/{job:int}", self._batch_status, methods=["GET"]),
             Route("/api/batch/{job:int}/results.{fmt:str}", self._batch_results, methods=["GET"]),
             Route("/api/batch/{job:int}/image/{index:int}", self._batch_image, methods=["GET"]),
         ], {ImageError: 400, DataError: 400, ValueError: 400, KeyError: 404, IndexError: 404,
-            PermissionError: 403, BusyError: 409})
+            PermissionError: 403, BusyError: 409, SwapBusy: 409, SwapRefused: 409})
 
     async def _page(self, request: Request):
         return HTMLResponse(PAGE.read_text(), headers={"Cache-Control": "no-store"})
@@ -234,14 +264,23 @@ class OperatorWeb:
 
     async def _relabel(self, request: Request):
         data = await self._json_action(request)
-        target = await run_in_threadpool(self.relabel, request.path_params["decision_id"], str(data.get("label", "")))
+        target = await run_in_threadpool(self.relabel, request.path_params["decision_id"], str(data.get("label", "")),
+                                         str(data.get("reviewer", "")))
         return JSONResponse({"saved": target})
 
     async def _save_camera_frame(self, request: Request):
         self.require_token(request)
         body = await read_body(request, MAX_UPLOAD)
-        label = request.query_params.get("label", "")
-        return JSONResponse({"saved": await run_in_threadpool(self.save_for_review, body, label)})
+        label, reviewer = request.query_params.get("label", ""), request.query_params.get("reviewer", "")
+        return JSONResponse({"saved": await run_in_threadpool(self.save_for_review, body, label, reviewer)})
+
+    async def _model_status(self, request: Request):
+        return JSONResponse(self.sorter.swapper.status(), headers={"Cache-Control": "no-store"})
+
+    async def _model_action(self, request: Request):
+        data = await self._json_action(request)
+        return JSONResponse(await run_in_threadpool(self.model_action, str(data.get("action", "")),
+                                                    str(data.get("file", ""))))
 
     async def _history(self, request: Request):
         return JSONResponse(self.sorter.telemetry.history.series(), headers={"Cache-Control": "no-store"})
@@ -296,6 +335,11 @@ class OperatorWeb:
         return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
                                  headers={"Cache-Control": "no-store"})
 
+
+
+def _reviewer(name: str) -> str:
+    """Who filed an image, as typed on the page: printable, at most 64 characters."""
+    return "".join(c for c in name if c.isprintable())[:64].strip() or "operator"
 
 
 def _epoch(value: Optional[str], default: float) -> float:

@@ -19,6 +19,7 @@ from edge.line.trigger import PhotoEyeTrigger, Trigger, VisionTrigger
 from edge.plant.base import Actuator, all_off, open_actuators
 from edge.plant.inputs import open_inputs
 from edge.service.audit import AuditLog
+from edge.service.model_swap import runtime_options
 from edge.service.telemetry import Telemetry
 from edge.vision.backends import Backend, ModelInfo, open_backend
 from edge.vision.preprocess import Preprocessor
@@ -78,17 +79,17 @@ def build_line(config: Config, simulator: Optional[SimulatedConveyor] = None,
 
 def open_model(config: Config) -> Backend:
     """The configured model (default <run_dir>/model.onnx), refused if its classes differ from the config's."""
-    runtime = config.runtime
-    path = Path(runtime.model) if runtime.model else config.run_path / "model.onnx"
-    providers = [(p.name, dict(p.options)) for p in runtime.providers]
-    options = {"providers": providers, "threads": runtime.threads, "spinning": runtime.spinning} \
-        if path.suffix == ".onnx" else {}
-    backend = open_backend(path, **options)
+    path = model_path(config)
+    backend = open_backend(path, **runtime_options(config, path))
     if list(backend.info.classes) != list(config.classes):
         backend.close()
         raise ConfigError(f"{config.source_file}: 'classes' {list(config.classes)} do not match the "
                           f"model {path} ({list(backend.info.classes)}); fix the config or the model")
     return backend
+
+
+def model_path(config: Config) -> Path:
+    return Path(config.runtime.model) if config.runtime.model else config.run_path / "model.onnx"
 
 
 def _close_all(actuators: Sequence[Actuator]) -> None:

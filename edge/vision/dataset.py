@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -17,33 +17,51 @@ from edge.vision.predict import Classifier
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
+REVIEW_LOG = "reviews.jsonl"  # in a review folder: who filed which image, when, from which decision
 
 
 @dataclass(frozen=True)
 class Item:
-    path: str  # relative to the manifest's data root
+    path: str  # relative to its root
     label: str
     split: str
     sha256: str
+    root: int = 0  # index into Manifest.roots
+    reviewed: Optional[Dict] = None  # a review folder's image: who filed it, when, from which decision
+
+
+@dataclass(frozen=True)
+class Root:
+    path: str
+    kind: str = "dataset"  # "dataset" | "review" (written by the operator page)
 
 
 @dataclass
 class Manifest:
-    data_root: str
+    roots: List[Root]
     classes: List[str]
     seed: int
     items: List[Item]
+    frozen_test: Optional[str] = None  # the frozen test set this manifest's test split follows
+
+    @property
+    def data_root(self) -> str:
+        return self.roots[0].path
 
     def split(self, name: str) -> List[Item]:
         return [item for item in self.items if item.split == name]
 
     def absolute(self, item: Item) -> Path:
-        return Path(self.data_root) / item.path
+        return Path(self.roots[item.root].path) / item.path
+
+    def subset(self, items: List[Item]) -> "Manifest":
+        return replace(self, items=list(items))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"data_root": self.data_root, "classes": self.classes, "seed": self.seed,
-                "items": [asdict(item) for item in self.items]}
+        data = {"roots": [asdict(r) for r in self.roots], "classes": self.classes, "seed": self.seed,
+                "frozen_test": self.frozen_test,
+                "items": [{k: v for k, v in asdict(item).items() if v is not None} for item in self.items]}
         path.write_text(json.dumps(data, indent=1))
 
     @classmethod
@@ -51,7 +69,10 @@ class Manifest:
         if not path.is_file():
             raise DataError(f"{path}: no split manifest; run `scrapsort prepare` first")
         data = json.loads(path.read_text())
-        return cls(data["data_root"], data["classes"], data["seed"], [Item(**i) for i in data["items"]])
+        # A manifest of one dataset folder (before review folders could be added) names it data_root.
+        roots = [Root(**r) for r in data["roots"]] if "roots" in data else [Root(data["data_root"])]
+        return cls(roots, data["classes"], data["seed"], [Item(**i) for i in data["items"]],
+                   data.get("frozen_test"))
 
 
 def predict_split(model_path: Path, manifest: Manifest, split: str, progress: Callable[[Iterable], Iterable] = iter,

@@ -21,6 +21,7 @@ from edge.vision.preprocess import METADATA_KEY, PreprocessSpec
 CLASSES_KEY = "scrapsort.classes"
 PRECISION_KEY = "scrapsort.precision"
 BACKBONE_KEY = "scrapsort.backbone"
+VERSION_KEY = "scrapsort.version"  # the training run and when it was exported
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class ModelInfo:
     preprocess: PreprocessSpec
     precision: str = "fp32"
     backbone: str = "unknown"
+    version: str = ""
+
+    @property
+    def label(self) -> str:
+        """How logs, audit rows and metrics name the model: version and short sha256."""
+        return f"{self.version or Path(self.path).name}@{self.sha256[:12]}"
 
     @classmethod
     def from_metadata(cls, path: Path, metadata: Dict[str, str]) -> "ModelInfo":
@@ -40,11 +47,13 @@ class ModelInfo:
                              f"export it with `scrapsort export` so classes and preprocessing travel with it")
         return cls(path=str(path), sha256=file_sha256(path), classes=tuple(json.loads(metadata[CLASSES_KEY])),
                    preprocess=PreprocessSpec.from_json(metadata[METADATA_KEY]),
-                   precision=metadata.get(PRECISION_KEY, "fp32"), backbone=metadata.get(BACKBONE_KEY, "unknown"))
+                   precision=metadata.get(PRECISION_KEY, "fp32"), backbone=metadata.get(BACKBONE_KEY, "unknown"),
+                   version=metadata.get(VERSION_KEY, ""))
 
     def to_metadata(self) -> Dict[str, str]:
         return {CLASSES_KEY: json.dumps(list(self.classes)), METADATA_KEY: self.preprocess.to_json(),
-                PRECISION_KEY: self.precision, BACKBONE_KEY: self.backbone}
+                PRECISION_KEY: self.precision, BACKBONE_KEY: self.backbone,
+                **({VERSION_KEY: self.version} if self.version else {})}
 
 
 def file_sha256(path: Path) -> str:
