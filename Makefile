@@ -74,6 +74,9 @@ bench: setup check-model ## latency (p50/p90/p99/max) + accuracy per backend x p
 bench-belt: setup check-model ## the line at three belt densities against the simulator's truth (configs/demo.yaml)
 	$(SCRAPSORT) bench --belt --config configs/demo.yaml --run-dir $(RUN_DIR)
 
+compare: setup ## is model B better than model A? make compare A=runs/line B=runs/candidate (McNemar, verdict)
+	$(SCRAPSORT) compare $(A) $(B) --config $(CONFIG)
+
 run: setup check-model ## the daemon on LINE (default: the simulated demo line)
 	$(SCRAPSORT) run --config $(LINE) --run-dir $(RUN_DIR)
 

@@ -73,7 +73,8 @@ def pytest_sessionstart(session):
     missing = [name for name, found in (
         ("mosquitto", shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
         ("chromium", shutil.which("chromium") or shutil.which("chromium-browser")),
-        ("systemd-analyze", shutil.which("systemd-analyze"))) if not found]
+        ("systemd-analyze", shutil.which("systemd-analyze")),
+        ("prometheus", shutil.which("prometheus") and shutil.which("promtool"))) if not found]
     if missing:
         pytest.exit(f"missing test peers: {', '.join(missing)} (run tests/peers/ensure.sh, or make peers)", returncode=3)
 
@@ -211,14 +212,15 @@ def wait_for(predicate, timeout=10.0, step=0.05):
 TOKEN = "s3cret-token"
 
 
-def operator_line(tmp_path, run, **web):
+def operator_line(tmp_path, run, models=None, **web):
     """A simulated line with the operator page on a free port and a token file."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     config = line_config(tmp_path, run, simulator={"items": 60, "spacing_mm": 250},  # ~25 s of belt: outlasts a slow browser
                          decision={"threshold": 0.99},  # a one-epoch model is unsure: items go to review
-                         web={"port": free_port(), "token_file": str(token), "preview_fps": 10, **web})
+                         web={"port": free_port(), "token_file": str(token), "preview_fps": 10, **web},
+                         models=models or {})
     return simulated_sorter(config)
 
 

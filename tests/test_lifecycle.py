@@ -243,3 +243,36 @@ def test_sighup_loads_the_configured_model_and_a_broken_config_changes_nothing(t
     swapped = [json.loads(r[0]) for r in query("SELECT detail FROM events WHERE kind = 'model_swapped'")]
     assert len(swapped) == 1 and swapped[0]["reason"] == "reload" and swapped[0]["to"].startswith("v2@")
     assert "reload refused" in output
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_shadow_model_sees_every_crop_it_can_and_never_delays_the_line(trained_run, tmp_path, monkeypatch, slow):
+    import time
+
+    from edge.service.shadow import ShadowModel
+    from tests.conftest import check_exactly_once_and_timing, line_config, run_sim
+
+    _, run = trained_run
+    candidate = biased_copy(run / "model.onnx", tmp_path / "paper_only.onnx", CLASSES.index("paper"))
+    if slow:  # a shadow far slower than the belt: it must drop crops, never hold the line up
+        classify = ShadowModel._classify
+        monkeypatch.setattr(ShadowModel, "_classify", lambda self, *a: (time.sleep(1.0), classify(self, *a)))
+    config = line_config(tmp_path, run, simulator={"items": 12, "spacing_mm": 200},
+                         models={"shadow": str(candidate), "shadow_queue": 1})
+    sorter, sim, summary = run_sim(config)
+    check_exactly_once_and_timing(summary, sorter)
+    with sqlite3.connect(str(sorter.audit.path)) as db:
+        rows = db.execute("SELECT item_id, live_class, class, agrees, model_sha256 FROM shadow").fetchall()
+    decided = {d["item_id"]: d["class"] for d in sorter.telemetry.recent_decisions()}
+    dropped = sorter.telemetry.total(sorter.telemetry.shadow_dropped)
+    assert len(rows) + dropped == len(decided) == 12
+    assert (summary["shadow"]["items"], summary["shadow"]["dropped"]) == (len(rows), dropped)
+    assert summary["shadow"]["agreed"] == sum(r[3] for r in rows)
+    assert (dropped > 0) is slow
+    assert all(r[2] == "paper" and r[1] == decided[r[0]] and r[3] == (r[1] == "paper") for r in rows)
+    assert {r[4] for r in rows} <= {file_sha(candidate)}
+    agreement = sorter.telemetry.shadow_agreement()
+    for label in set(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == label]
+        assert agreement[label] == sum(r[3] for r in mine) / len(mine)
+    assert f'scrapsort_shadow_model_info{{model="{file_sha(candidate)[:12]}"' in sorter.telemetry.render().decode()

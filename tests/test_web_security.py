@@ -73,6 +73,20 @@ def test_control_needs_the_token(web):
     assert code == 200 and json.loads(body)["paused"] is True and sorter.controls.state()[0] is True
 
 
+def test_model_swaps_need_the_token_and_load_nothing_outside_the_models_folder(web):
+    sorter, port = web
+    url, token = f"http://127.0.0.1:{port}/api/model", {"X-Scrapsort-Token": TOKEN}
+    first = sorter.model.sha256
+    assert status(url, b'{"action": "swap", "file": "model.onnx"}')[0] == 403
+    for name in ("../model.onnx", "/etc/passwd", "..%2f..%2fmodel.onnx", "audit.db", "nothing.onnx"):
+        code, body = status(url, json.dumps({"action": "swap", "file": name}).encode(), token)
+        assert code == 404 and b"no model file" in body, name
+    code, body = status(url, b'{"action": "rollback"}', token)
+    assert code == 409 and b"nothing to roll back to" in body
+    assert status(url, b'{"action": "melt"}', token)[0] == 400
+    assert json.loads(status(url, method="GET")[1])["running"]["sha256"] == first == sorter.model.sha256
+
+
 def test_fault_malformed_requests_get_4xx(web):
     sorter, port = web
     base = f"http://127.0.0.1:{port}"

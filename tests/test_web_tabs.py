@@ -3,6 +3,7 @@ camera (Chromium's fake camera), batch test, charts, CSV export, and a phone-siz
 Each test writes its screenshots to SCRAPSORT_SCREENSHOTS (default runs/screenshots)."""
 import csv
 import io
+import json
 import os
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ from edge.vision.backends import open_backend
 from edge.vision.images import read_image
 from edge.vision.predict import Classifier
 from tests.conftest import CLASSES, TOKEN, operator_line, running, wait_for
+from tests.test_lifecycle import stamped_copy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("SCRAPSORT_SCREENSHOTS", "runs/screenshots"))
@@ -34,7 +36,12 @@ def line(tmp_path, trained_run):
         (small / label).mkdir(parents=True)
         for image in sorted((run.parent / "data" / label).glob("*.jpg"))[:2]:
             shutil.copy(image, small / label / image.name)
-    sorter = operator_line(tmp_path, run, batch_root=str(sets))
+    models = tmp_path / "models"  # what the Model box may swap to: a retrained copy, a wrong one
+    models.mkdir()
+    stamped_copy(run / "model.onnx", models / "v2.onnx", **{"scrapsort.version": "v2"})
+    stamped_copy(run / "model.onnx", models / "rocks.onnx", **{"scrapsort.classes": json.dumps(CLASSES[:5] + ["rocks"])})
+    sorter = operator_line(tmp_path, run, models={"dir": str(models), "canary": str(run.parent / "data")},
+                           batch_root=str(sets))
     with running(sorter):
         yield sorter, f"http://127.0.0.1:{sorter.web.port}", run, small
 
@@ -160,3 +167,25 @@ def test_phone_screen_needs_no_sideways_scrolling_and_nothing_leaves_the_device(
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
     page.screenshot(path=str(SCREENSHOTS / "phone-line.png"), full_page=True)
     assert requested and all(url.startswith(base) for url in requested)   # no CDN, no fonts: works offline
+
+
+def test_the_model_box_swaps_refuses_a_wrong_model_and_rolls_back(line, page):
+    sorter, base, run, _ = line
+    first = sorter.model
+    page.wait_for_function(f"document.getElementById('model-running').textContent.includes({first.label!r})")
+    assert page.eval_on_selector_all("#model-file option", "o => o.map(x => x.textContent)") == ["rocks.onnx", "v2.onnx"]
+    page.select_option("#model-file", "rocks.onnx")
+    page.click("#model-swap")
+    page.wait_for_selector("#model-msg.error", timeout=20000)
+    assert "differ from the line's" in page.text_content("#model-msg") and sorter.model.sha256 == first.sha256
+    page.select_option("#model-file", "v2.onnx")
+    page.click("#model-swap")
+    page.wait_for_function("document.getElementById('model-msg').textContent.endsWith('running') || "
+                           "document.getElementById('model-msg').textContent.includes('running ·')", timeout=30000)
+    page.wait_for_function("document.getElementById('model-running').textContent.includes('v2@')", timeout=10000)
+    assert sorter.model.version == "v2"
+    page.screenshot(path=str(SCREENSHOTS / "model.png"))
+    page.click("#model-rollback")
+    page.wait_for_function(f"document.getElementById('model-running').textContent.includes('sorting with {first.label}')",
+                           timeout=30000)
+    assert sorter.model.sha256 == first.sha256

@@ -57,6 +57,18 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow (
+    id INTEGER PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    t_wall REAL NOT NULL,
+    live_class TEXT NOT NULL,
+    live_confidence REAL,
+    class TEXT NOT NULL,
+    confidence REAL,
+    agrees INTEGER NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    model_version TEXT
+);
 CREATE TABLE IF NOT EXISTS reviews (
     decision_id INTEGER PRIMARY KEY,
     label TEXT NOT NULL,
@@ -152,6 +164,10 @@ class AuditLog(threading.Thread):
         keep = keep_crop or random.random() < self.cfg.sample_rate
         self._put(("decision", row, crop if keep else None))
 
+    def shadow(self, row: Dict) -> None:
+        """What the shadow model answered for a decided item."""
+        self._put(("shadow", row, None))
+
     def event(self, kind: str, detail: Dict) -> None:
         self._put(("event", {"kind": kind, "detail": json.dumps(detail)}, None))
 
@@ -211,6 +227,13 @@ class AuditLog(threading.Thread):
         if kind == "event":
             self.db.execute("INSERT INTO events (t_wall, kind, detail) VALUES (?, ?, ?)", (now, row["kind"], row["detail"]))
             return
+        if kind == "shadow":
+            self.db.execute(
+                "INSERT INTO shadow (item_id, t_wall, live_class, live_confidence, class, confidence, agrees, "
+                "model_sha256, model_version) VALUES (?,?,?,?,?,?,?,?,?)",
+                (row["item_id"], now, row["live_class"], row["live_confidence"], row["class"], row["confidence"],
+                 int(row["agrees"]), row["model_sha256"], row["model_version"]))
+            return
         capture = self.captures.save(crop, row["class"], row["item_id"]) if crop is not None else None
         self.db.execute(
             "INSERT INTO decisions (item_id, t_wall, class, confidence, top3, bin, reason, x_mm, y_mm, belt_mm,"
@@ -223,7 +246,9 @@ class AuditLog(threading.Thread):
     def rotate(self) -> None:
         """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
         with self.db:
-            self.db.execute("DELETE FROM decisions WHERE t_wall < ?", (time.time() - self.cfg.max_age_days * 86400,))
+            oldest = time.time() - self.cfg.max_age_days * 86400
+            self.db.execute("DELETE FROM decisions WHERE t_wall < ?", (oldest,))
+            self.db.execute("DELETE FROM shadow WHERE t_wall < ?", (oldest,))
         while self._size() > self.cfg.max_db_mb * 1024 * 1024:
             with self.db:
                 deleted = self.db.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "

@@ -169,7 +169,7 @@ class ModelSwapper:
         self.request(Path(self.previous), "rollback")
 
     def _prepare(self, path: Path, reason: str) -> None:
-        _lower_priority()
+        lower_priority()
         running = self._running()
         backend = None
         try:
@@ -205,11 +205,17 @@ class ModelSwapper:
                                       "canary": staged.checks})
         log.info("model swapped (%s): %s -> %s", staged.reason, old.label, new.label)
 
+    def available(self) -> List[str]:
+        """Model files the page may swap to (models.dir)."""
+        folder = Path(self.config.models.dir or self.config.run_path)
+        return sorted(p.name for p in folder.glob("*") if p.suffix.lower() in (".onnx", ".engine", ".plan")) \
+            if folder.is_dir() else []
+
     def status(self) -> Dict:
         info = self._running()
         return {"running": {"path": info.path, "sha256": info.sha256, "version": info.version, "label": info.label,
                             "precision": info.precision},
-                "previous": self.previous, "last_request": self.last}
+                "previous": self.previous, "last_request": self.last, "available": self.available()}
 
     def close(self) -> None:
         if self._thread is not None:
@@ -219,7 +225,8 @@ class ModelSwapper:
             staged.backend.close()
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
+    """This thread (a canary, the shadow model) yields the cores to the sorting loop."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CANARY_NICE)
     except (AttributeError, OSError):

@@ -28,8 +28,13 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
         "late_not_fired": t.total(t.late),
         "link_suppressed": t.total(t.suppressed), "frames": t.total(t.frames), "latency_ms": t.latency_ms(),
         "model": sorter.model.path, "precision": sorter.model.precision, "backend": sorter.backend.name,
-        "runs_on": sorter.backend.runs_on,
+        "runs_on": sorter.backend.runs_on, "model_label": sorter.model.label,
     }
+    if sorter.shadow is not None:
+        answers = t.by_label(t.shadow_items, "agrees")
+        summary["shadow"] = {"model": sorter.shadow.info.label, "items": sum(answers.values()),
+                             "agreed": answers.get("yes", 0), "dropped": t.total(t.shadow_dropped),
+                             "per_class": t.shadow_agreement()}
     summary["latency_ms"]["frame_to_last_decision"] = _per_frame(t.recent_decisions())
     if simulator is not None:
         summary.update(_against_truth(sorter, simulator))
@@ -93,7 +98,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
 
 
 def format_summary(s: Dict) -> str:
-    lines = [f"model {s['model']} ({s['backend']}, {s['precision']})",
+    lines = [f"model {s['model']} ({s['backend']}, {s['precision']}; {s['model_label']})",
              f"frames {s['frames']}, decisions {s['decisions']}, rejects (low confidence) {s['rejects']}, "
              f"invalid model output {s['invalid_outputs']}, "
              f"pulses {s['pulses']}, stale skipped {s['stale_skipped']}, dropped {s['dropped']}, "
@@ -102,6 +107,11 @@ def format_summary(s: Dict) -> str:
              f"items that entered the view {s['entered']} = decided {s['decisions']} + unclassified "
              f"{s['unclassified']}" + (f" ({', '.join(f'{r}: {n}' for r, n in s['unclassified_by_reason'].items())})"
                                        if s['unclassified'] else "")]
+    if "shadow" in s:
+        sh = s["shadow"]
+        lines.append(f"shadow model {sh['model']}: agreed on {sh['agreed']} of {sh['items']} items"
+                     + (f" ({sh['agreed'] / sh['items']:.1%})" if sh["items"] else "")
+                     + f", {sh['dropped']} skipped while behind")
     if "items_on_belt" in s:
         e = s["ejection_error_ms"]
         lines.append(f"items on belt {s['items_on_belt']}, decided {s['items_decided']} "

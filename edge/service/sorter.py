@@ -26,6 +26,7 @@ from edge.line.trigger import Observation
 from edge.plant.base import Actuator, all_off
 from edge.service.http import HttpServer, status_app
 from edge.service.model_swap import ModelSwapper
+from edge.service.shadow import ShadowModel
 from edge.service.sdnotify import Notifier
 from edge.service.wiring import Line, build_line, model_path
 
@@ -49,6 +50,7 @@ class Sorter:
         self.notifier = Notifier()
         self.swapper = ModelSwapper(self.config, lambda: self.line.model, self.audit.event)
         self.reload_requested = threading.Event()  # SIGHUP
+        self.shadow = self._open_shadow()
         self.telemetry.set_model(self.model)
         self.telemetry.watch_disk({"audit": self.audit.path.parent, "captures": self.audit.captures.folder})
         self.status: Optional[HttpServer] = None
@@ -59,6 +61,17 @@ class Sorter:
         self._links_ok = self._camera_was_ok = True
         self._link_state: Dict[int, bool] = {}
         self._captures_reason: Optional[str] = None
+
+    def _open_shadow(self) -> Optional[ShadowModel]:
+        """The candidate in shadow, if configured; one that cannot run is reported, never fatal."""
+        if not self.config.models.shadow:
+            return None
+        try:
+            return ShadowModel(self.config, self.telemetry, self.audit, self._wait_idle)
+        except Exception as exc:
+            self.audit.event("shadow_refused", {"path": self.config.models.shadow, "error": str(exc)})
+            log.error("shadow model not started, the line sorts without it: %s", exc)
+            return None
 
     @property
     def backend(self):
@@ -95,6 +108,8 @@ class Sorter:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.audit.start()
         self.scheduler.start()
+        if self.shadow is not None:
+            self.shadow.start()
         if self.line.simulator is not None:
             self.line.simulator.start()
         self.capture.start()
@@ -305,6 +320,8 @@ class Sorter:
                "eject_target_mm": target, "model_sha256": model.sha256, "model_version": model.label,
                "latency_ms": {k: round(v * 1000, 3) for k, v in latency.items()}}
         self.audit.record(row, obs.crop, keep_crop=decision.reason in REJECT_REASONS)
+        if self.shadow is not None:
+            self.shadow.offer(row, obs.crop)
         for actuator in self.actuators:
             try:
                 actuator.decision(row)
@@ -408,6 +425,8 @@ class Sorter:
         if dropped:
             log.info("%d pending ejection(s) dropped at shutdown", dropped)
         self.swapper.close()
+        if self.shadow is not None:
+            self.shadow.close()
         self.audit.event("stop", {"pending_dropped": dropped})
         self.audit.close()
         for server in (self.status, self.web):

@@ -80,6 +80,11 @@ class Telemetry:
                                 ["model", "version", "sha256", "precision"], namespace="scrapsort", registry=self.registry)
         self.disk_free = Gauge("disk_free_bytes", "free space where the audit log and captures are written",
                                ["path"], namespace="scrapsort", registry=self.registry)
+        self.shadow_items = counter("shadow_items", "crops the shadow model classified, by the live class and "
+                                                    "whether it agreed", ["class", "agrees"])
+        self.shadow_dropped = counter("shadow_dropped", "crops the shadow model skipped because it was behind")
+        self.shadow_info = Gauge("shadow_model_info", "1 for the model running in shadow", ["model", "version"],
+                                 namespace="scrapsort", registry=self.registry)
         self.model_label = ""
         self.history = History()
         self._lock = threading.Lock()
@@ -93,6 +98,18 @@ class Telemetry:
         self.model_label = info.sha256[:12]
         self.model_info.labels(self.model_label, info.version or Path(info.path).name, info.sha256,
                                info.precision).set(1)
+
+    def shadow_model(self, info) -> None:
+        self.shadow_info.labels(info.sha256[:12], info.version or Path(info.path).name).set(1)
+
+    def shadow_agreement(self) -> Dict[str, float]:
+        """Per live class, the share of crops on which the shadow model agreed."""
+        counts: Dict[str, Dict[str, int]] = {}
+        for m in self.shadow_items.collect():
+            for s in m.samples:
+                if s.name.endswith("_total"):
+                    counts.setdefault(s.labels["class"], {})[s.labels["agrees"]] = int(s.value)
+        return {label: c.get("yes", 0) / max(1, sum(c.values())) for label, c in counts.items()}
 
     def watch_disk(self, folders: Dict[str, Path]) -> None:
         """Free bytes per folder, read when scraped (a full disk stops captures, then the audit log)."""

@@ -158,7 +158,20 @@ class OperatorWeb:
         else:
             raise ValueError(f"unknown action {action!r} (swap or rollback)")
         self.sorter.audit.event("operator", {"action": f"model {action}", "file": name or None})
-        return swapper.status()
+        return self.model_status()
+
+    def model_status(self) -> dict:
+        status = self.sorter.swapper.status()
+        shadow = self.sorter.shadow
+        if shadow is not None:
+            telemetry = self.sorter.telemetry
+            by_answer = telemetry.by_label(telemetry.shadow_items, "agrees")
+            items = sum(by_answer.values())
+            status["shadow"] = {"label": shadow.info.label, "items": items,
+                                "agreement": by_answer.get("yes", 0) / items if items else 0.0,
+                                "per_class": telemetry.shadow_agreement(),
+                                "dropped": telemetry.total(telemetry.shadow_dropped)}
+        return status
 
     def capture_path(self, name: str) -> Path:
         path = (self.captures_dir / unquote(name)).resolve()
@@ -275,7 +288,7 @@ class OperatorWeb:
         return JSONResponse({"saved": await run_in_threadpool(self.save_for_review, body, label, reviewer)})
 
     async def _model_status(self, request: Request):
-        return JSONResponse(self.sorter.swapper.status(), headers={"Cache-Control": "no-store"})
+        return JSONResponse(self.model_status(), headers={"Cache-Control": "no-store"})
 
     async def _model_action(self, request: Request):
         data = await self._json_action(request)

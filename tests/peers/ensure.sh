@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The real peers the tests start on loopback: mosquitto (MQTT), Chromium (operator page),
-# systemd-analyze (the units). Installs what is missing with apt as root; otherwise says how.
+# systemd-analyze (the units), Prometheus and promtool (alert rules, dashboards). Installs what is missing with apt as root; otherwise says how.
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
