@@ -185,6 +185,9 @@ def test_a_model_is_hot_swapped_mid_belt_and_rolled_back_with_every_item_decided
     assert "differ from the line's" in outcome()["error"] and sorter.model.version == "v2"
     swapper.request(swapper.allowed("paper_only.onnx"), "test")
     assert "canary images" in outcome()["error"] and sorter.model.version == "v2"
+    (models / "truncated.onnx").write_bytes((models / "v2.onnx").read_bytes()[:5000])  # a copy cut short
+    swapper.request(swapper.allowed("truncated.onnx"), "test")
+    assert "truncated.onnx" in outcome()["error"] and sorter.model.version == "v2"
     with pytest.raises(KeyError):
         swapper.allowed("../../etc/passwd.onnx")  # nothing outside models.dir
     assert wait_for(lambda: sorter.telemetry.decisions >= at_swap + 6, timeout=30)
@@ -200,7 +203,7 @@ def test_a_model_is_hot_swapped_mid_belt_and_rolled_back_with_every_item_decided
         events = [r[0] for r in db.execute("SELECT kind FROM events WHERE kind LIKE 'model_swap%' ORDER BY id")]
     blocks = [m for i, m in enumerate(deciders) if i == 0 or m != deciders[i - 1]]
     assert blocks == [first.label, f"v2@{file_sha(models / 'v2.onnx')[:12]}", first.label]  # who decided each item
-    assert events == ["model_swapped", "model_swap_refused", "model_swap_refused", "model_swapped"]
+    assert events == ["model_swapped"] + ["model_swap_refused"] * 3 + ["model_swapped"]
     metrics = sorter.telemetry.render().decode()
     assert f'model="{file_sha(models / "v2.onnx")[:12]}"' in metrics and \
         f'scrapsort_model_info{{model="{first.sha256[:12]}"' in metrics
