@@ -53,6 +53,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     train = require("train.train", "train")
     config = _config(args)
+    if args.benchmark:
+        measure = require("train.benchmark", "train")
+        print(measure.table(measure.benchmark(config, progress=not args.quiet)))
+        print(f"written: {config.run_path / 'train_benchmark.json'}")
+        return 0
     if args.epochs:
         config = config.replace(train=config.train.replace(epochs=args.epochs))
     result = train.train(config, resume=args.resume, progress=not args.quiet,
@@ -298,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", cmd_train, "fine-tune the backbone on the train split")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
+    p.add_argument("--benchmark", action="store_true",
+                   help="measure images/s of the input pipeline and of a training step in each speed-up variant "
+                        "on this machine, and the epoch time; trains nothing")
     p.add_argument("--init-from", metavar="RUN_OR_PT",
                    help="start from a trained model (its run dir or best.pt) instead of ImageNet weights; "
                         "classes matched by name, a new class gets a new head row")

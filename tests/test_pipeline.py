@@ -179,3 +179,27 @@ def test_weight_average_is_what_is_kept_and_resumes(tmp_path, dataset):
 
     assert main(["train", "--config", str(config), "--epochs", "2", "--resume", "-q"]) == 0
     assert torch.load(tmp_path / "out" / "last.pt", weights_only=False)["ema_updates"] == 2 * steps
+
+
+def test_the_training_benchmark_measures_each_variant_against_the_configured_step(trained_run, tmp_path):
+    import shutil
+
+    from edge.config import load_config
+    from train.benchmark import BF16_FLAGS, PLAIN, benchmark, table
+
+    config_path, run = trained_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    config = load_config(config_path).replace(run_dir=str(copy))
+    result = benchmark(config, steps=3, warmup=1, progress=False,
+                       only=["channels_last", "channels_last + bf16 autocast"])
+    plain, channels_last, bf16 = result["steps"]
+    assert plain["variant"] == PLAIN and plain["speedup"] == 1.0 and result["configured"] == "channels_last"
+    assert channels_last["speedup"] == pytest.approx(channels_last["images_per_s"] / plain["images_per_s"])
+    assert plain["images_per_s"] > 0 and result["input_pipeline"]["images_per_s"] > 0
+    if BF16_FLAGS & set(result["machine"]["cpu_flags"]):
+        assert bf16["images_per_s"] > 0
+    else:  # said, not silently measured as a slowdown
+        assert "no AVX512-BF16 or AMX" in bf16["skipped"]
+    assert result["epoch"]["minutes"] > 0
+    assert json.loads((copy / "train_benchmark.json").read_text())["batch_size"] == 8
+    assert "images/s" in table(result) and result["machine"]["cpu"] in table(result)

@@ -65,7 +65,8 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
     if init_from is not None and not (resume and (run_dir / LAST).is_file()):
         started_from = init_weights(model, config, spec, manifest.classes, init_from)
         log.info("starting from %s", started_from)
-    model = model.to(device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
     freeze_stages(model, config.model.backbone, config.model.freeze_stages)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
@@ -98,11 +99,12 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
         started = time.monotonic()
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
         train_loss, train_acc = _run_epoch(model, train_loader, criterion, device, optimizer,
-                                           f"epoch {epoch}/{cfg.epochs}", progress, ema)
+                                           f"epoch {epoch}/{cfg.epochs}", progress, ema, layout)
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         if ema is not None:  # the raw weights' score too, so the average's effect shows in history.json
-            record["raw_val_loss"], record["raw_val_acc"] = _validate(model, val_loader, criterion, device, progress)
-        val_loss, val_acc = _validate(kept, val_loader, criterion, device, progress)
+            record["raw_val_loss"], record["raw_val_acc"] = _validate(model, val_loader, criterion, device, progress,
+                                                                      layout)
+        val_loss, val_acc = _validate(kept, val_loader, criterion, device, progress, layout)
         scheduler.step(val_acc)
         state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
@@ -167,19 +169,20 @@ def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: flo
             {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
 
 
-def _validate(model: nn.Module, loader, criterion, device: torch.device, progress: bool):
+def _validate(model: nn.Module, loader, criterion, device: torch.device, progress: bool,
+              layout=torch.contiguous_format):
     model.eval()
     with torch.no_grad():
-        return _run_epoch(model, loader, criterion, device, None, "validate", progress)
+        return _run_epoch(model, loader, criterion, device, None, "validate", progress, layout=layout)
 
 
 def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
                optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
-               ema: Optional[AveragedModel] = None):
+               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format):
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     for inputs, labels in bar:
-        inputs, labels = inputs.to(device), labels.to(device)
+        inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
         logits = model(inputs)
         loss = criterion(logits, labels)
         if optimizer is not None:
