@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edge.config import Config
-from edge.service.bench import machine
+from edge.service.bench import cpu_description, machine
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.data import Augment, ManifestDataset, cache_resized, make_loader
@@ -159,8 +159,7 @@ def _epoch_estimate(result: Dict) -> Dict:
 def table(result: Dict) -> str:
     m = result["machine"]
     lines = [f"training throughput: {result['backbone']} at {result['input_size']} px, batch {result['batch_size']}, "
-             f"{result['freeze_stages']} stages frozen; {m.get('cpu')} ({m.get('cores')} cores, flags: "
-             f"{' '.join(m.get('cpu_flags', [])) or 'none of note'}), torch {m.get('torch')}, "
+             f"{result['freeze_stages']} stages frozen; {cpu_description(m)}, torch {m.get('torch')}, "
              f"{result['torch_threads']} threads",
              f"input pipeline ({result['input_pipeline']['workers']} workers): "
              f"{result['input_pipeline']['images_per_s']:.1f} images/s",

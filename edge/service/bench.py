@@ -110,6 +110,11 @@ def machine() -> Dict:
     return info
 
 
+def cpu_description(m: Dict) -> str:
+    """'AMD EPYC (2 cores; avx2 fma speed-relevant CPU flags)': what every speed ratio ran on."""
+    return f"{m.get('cpu')} ({m.get('cores')} cores; {' '.join(m.get('cpu_flags') or []) or 'no'} speed-relevant CPU flags)"
+
+
 def _run(command: List[str]) -> Optional[str]:
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip() or None
@@ -210,8 +215,7 @@ def _speedups(result: Dict) -> None:
 
 def markdown(result: Dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m.get('cpu')} ({m.get('cores')} cores; {' '.join(m.get('cpu_flags') or []) or 'no'} "
-             f"speed-relevant CPU flags), GPU {m.get('gpu') or 'none'}, "
+    lines = [f"Machine: {cpu_description(m)}, GPU {m.get('gpu') or 'none'}, "
              f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
              f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, {result['when']}.", "",
