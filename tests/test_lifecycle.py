@@ -274,7 +274,7 @@ def test_a_shadow_model_sees_every_crop_it_can_and_never_delays_the_line(trained
     assert (dropped > 0) is slow
     assert all(r[2] == "paper" and r[1] == decided[r[0]] and r[3] == (r[1] == "paper") for r in rows)
     assert {r[4] for r in rows} <= {file_sha(candidate)}
-    agreement = sorter.telemetry.shadow_agreement()
+    agreement = sorter.telemetry.shadow_summary()["per_class"]
     for label in set(r[1] for r in rows):
         mine = [r for r in rows if r[1] == label]
         assert agreement[label] == sum(r[3] for r in mine) / len(mine)

@@ -31,10 +31,7 @@ def summarize(sorter: Sorter, simulator=None) -> Dict:
         "runs_on": sorter.backend.runs_on, "model_label": sorter.model.label,
     }
     if sorter.shadow is not None:
-        answers = t.by_label(t.shadow_items, "agrees")
-        summary["shadow"] = {"model": sorter.shadow.info.label, "items": sum(answers.values()),
-                             "agreed": answers.get("yes", 0), "dropped": t.total(t.shadow_dropped),
-                             "per_class": t.shadow_agreement()}
+        summary["shadow"] = {"model": sorter.shadow.info.label, **t.shadow_summary()}
     summary["latency_ms"]["frame_to_last_decision"] = _per_frame(t.recent_decisions())
     if simulator is not None:
         summary.update(_against_truth(sorter, simulator))
@@ -110,7 +107,7 @@ def format_summary(s: Dict) -> str:
     if "shadow" in s:
         sh = s["shadow"]
         lines.append(f"shadow model {sh['model']}: agreed on {sh['agreed']} of {sh['items']} items"
-                     + (f" ({sh['agreed'] / sh['items']:.1%})" if sh["items"] else "")
+                     + (f" ({sh['agreement']:.1%})" if sh["items"] else "")
                      + f", {sh['dropped']} skipped while behind")
     if "items_on_belt" in s:
         e = s["ejection_error_ms"]

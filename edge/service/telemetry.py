@@ -102,14 +102,19 @@ class Telemetry:
     def shadow_model(self, info) -> None:
         self.shadow_info.labels(info.sha256[:12], info.version or Path(info.path).name).set(1)
 
-    def shadow_agreement(self) -> Dict[str, float]:
-        """Per live class, the share of crops on which the shadow model agreed."""
+    def shadow_summary(self) -> Dict:
+        """What the shadow model did: crops classified, how many agreed with the live model
+        (overall and per live class), how many it skipped while behind."""
         counts: Dict[str, Dict[str, int]] = {}
         for m in self.shadow_items.collect():
             for s in m.samples:
                 if s.name.endswith("_total"):
                     counts.setdefault(s.labels["class"], {})[s.labels["agrees"]] = int(s.value)
-        return {label: c.get("yes", 0) / max(1, sum(c.values())) for label, c in counts.items()}
+        items = sum(sum(c.values()) for c in counts.values())
+        agreed = sum(c.get("yes", 0) for c in counts.values())
+        return {"items": items, "agreed": agreed, "agreement": agreed / items if items else 0.0,
+                "per_class": {label: c.get("yes", 0) / max(1, sum(c.values())) for label, c in counts.items()},
+                "dropped": self.total(self.shadow_dropped)}
 
     def watch_disk(self, folders: Dict[str, Path]) -> None:
         """Free bytes per folder, read when scraped (a full disk stops captures, then the audit log)."""

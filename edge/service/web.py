@@ -162,15 +162,8 @@ class OperatorWeb:
 
     def model_status(self) -> dict:
         status = self.sorter.swapper.status()
-        shadow = self.sorter.shadow
-        if shadow is not None:
-            telemetry = self.sorter.telemetry
-            by_answer = telemetry.by_label(telemetry.shadow_items, "agrees")
-            items = sum(by_answer.values())
-            status["shadow"] = {"label": shadow.info.label, "items": items,
-                                "agreement": by_answer.get("yes", 0) / items if items else 0.0,
-                                "per_class": telemetry.shadow_agreement(),
-                                "dropped": telemetry.total(telemetry.shadow_dropped)}
+        if self.sorter.shadow is not None:
+            status["shadow"] = {"label": self.sorter.shadow.info.label, **self.sorter.telemetry.shadow_summary()}
         return status
 
     def capture_path(self, name: str) -> Path:
