@@ -24,7 +24,8 @@ import numpy as np
 
 from edge.config import Config
 from edge.errors import ImageError, ScrapsortError
-from edge.vision.backends import Backend, ModelInfo, open_backend
+from edge.service.wiring import runtime_options
+from edge.vision.backends import Backend, ModelInfo, open_backend, open_side_instance
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.images import IMAGE_SUFFIXES, read_image
 from edge.vision.predict import Classifier
@@ -50,24 +51,13 @@ class Staged:
     checks: Dict
 
 
-def runtime_options(config: Config, path: Path) -> Dict:
-    runtime = config.runtime
-    if path.suffix != ".onnx":
-        return {}
-    return {"providers": [(p.name, dict(p.options)) for p in runtime.providers], "threads": runtime.threads,
-            "spinning": runtime.spinning}
-
-
 def check_metadata(config: Config, backend: Backend) -> Preprocessor:
-    """What must hold for a model to take over this line's bins and buffers."""
+    """What must hold for a model to take over this line's bins and buffers (its input shape
+    against its preprocessing was checked when the backend opened it)."""
     info = backend.info
     if list(info.classes) != list(config.classes):
         raise SwapRefused(f"{info.path}: classes {list(info.classes)} differ from the line's {list(config.classes)} "
                           f"(bins and ejectors are mapped by class); export the model with the line's classes")
-    size = info.preprocess.input_size
-    if tuple(backend.input.shape) != (1, 3, size, size):
-        raise SwapRefused(f"{info.path}: input {tuple(backend.input.shape)} is not the 1x3x{size}x{size} its "
-                          f"preprocessing writes; re-export it")
     try:
         return Preprocessor(info.preprocess)
     except ValueError as exc:
@@ -94,7 +84,7 @@ def canary_images(config: Config) -> List[Tuple[Path, str]]:
 
 def _answers(path: Path, images: List[Tuple[Path, np.ndarray]]) -> List[Optional[int]]:
     """Top-1 index per image from a single-threaded instance; None where the output is not finite."""
-    with open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {})) as backend:
+    with open_side_instance(path) as backend:
         classifier = Classifier(backend)
         answers = []
         for _, image in images:

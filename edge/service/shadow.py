@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from edge.config import Config
-from edge.vision.backends import open_backend
+from edge.vision.backends import open_side_instance
 from edge.vision.predict import Classifier
 from edge.vision.scoring import softmax
 
@@ -27,7 +27,7 @@ class ShadowModel(threading.Thread):
     def __init__(self, config: Config, telemetry, audit, line_idle: Callable[[float], None]):
         super().__init__(name="shadow", daemon=True)
         path = Path(config.models.shadow)
-        self.backend = open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+        self.backend = open_side_instance(path)
         if list(self.backend.info.classes) != list(config.classes):
             classes = list(self.backend.info.classes)
             self.backend.close()

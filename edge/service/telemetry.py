@@ -96,11 +96,10 @@ class Telemetry:
         """The running model, as every decision metric's `model` label names it."""
         self.model_info.clear()
         self.model_label = info.sha256[:12]
-        self.model_info.labels(self.model_label, info.version or Path(info.path).name, info.sha256,
-                               info.precision).set(1)
+        self.model_info.labels(self.model_label, info.version_name, info.sha256, info.precision).set(1)
 
     def shadow_model(self, info) -> None:
-        self.shadow_info.labels(info.sha256[:12], info.version or Path(info.path).name).set(1)
+        self.shadow_info.labels(info.sha256[:12], info.version_name).set(1)
 
     def shadow_summary(self) -> Dict:
         """What the shadow model did: crops classified, how many agreed with the live model

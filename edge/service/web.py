@@ -88,10 +88,9 @@ class OperatorWeb:
 
     def _page_backend(self):
         """A model instance of the page's own, with one inference thread."""
-        from edge.vision.backends import open_backend
+        from edge.vision.backends import open_side_instance
 
-        path = Path(self.sorter.model.path)
-        return open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+        return open_side_instance(self.sorter.model.path)
 
     @contextlib.contextmanager
     def _page_classifier(self):

@@ -19,7 +19,6 @@ from edge.line.trigger import PhotoEyeTrigger, Trigger, VisionTrigger
 from edge.plant.base import Actuator, all_off, open_actuators
 from edge.plant.inputs import open_inputs
 from edge.service.audit import AuditLog
-from edge.service.model_swap import runtime_options
 from edge.service.telemetry import Telemetry
 from edge.vision.backends import Backend, ModelInfo, open_backend
 from edge.vision.preprocess import Preprocessor
@@ -86,6 +85,15 @@ def open_model(config: Config) -> Backend:
         raise ConfigError(f"{config.source_file}: 'classes' {list(config.classes)} do not match the "
                           f"model {path} ({list(backend.info.classes)}); fix the config or the model")
     return backend
+
+
+def runtime_options(config: Config, path: Path) -> Dict:
+    """How the line opens a model file: ONNX Runtime's providers and threads from `runtime`."""
+    runtime = config.runtime
+    if path.suffix != ".onnx":
+        return {}
+    return {"providers": [(p.name, dict(p.options)) for p in runtime.providers], "threads": runtime.threads,
+            "spinning": runtime.spinning}
 
 
 def model_path(config: Config) -> Path:

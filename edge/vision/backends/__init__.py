@@ -29,4 +29,12 @@ def open_backend(path, kind: Optional[str] = None, **options) -> Backend:
     raise ModelError(f"{path}: unknown model type '{path.suffix}' (use .onnx, .engine/.plan, .pt or .ts)")
 
 
-__all__ = ["Backend", "ModelInfo", "open_backend"]
+def open_side_instance(path) -> Backend:
+    """A second instance of a model beside the line's (the operator page, a canary, a shadow
+    model): one inference thread where the runtime has the setting, so it leaves the cores to
+    the sorting loop's instance."""
+    path = Path(path)
+    return open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+
+
+__all__ = ["Backend", "ModelInfo", "open_backend", "open_side_instance"]

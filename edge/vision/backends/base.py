@@ -35,9 +35,14 @@ class ModelInfo:
     version: str = ""
 
     @property
+    def version_name(self) -> str:
+        """The version `scrapsort export` wrote, else the file's name."""
+        return self.version or Path(self.path).name
+
+    @property
     def label(self) -> str:
         """How logs, audit rows and metrics name the model: version and short sha256."""
-        return f"{self.version or Path(self.path).name}@{self.sha256[:12]}"
+        return f"{self.version_name}@{self.sha256[:12]}"
 
     @classmethod
     def from_metadata(cls, path: Path, metadata: Dict[str, str]) -> "ModelInfo":
