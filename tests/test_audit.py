@@ -50,6 +50,24 @@ def test_fault_decisions_are_rotated_by_age_and_by_size(tmp_path):
     assert ages[1] < 2000 and ages[2] > 500                    # by size too, the oldest first
 
 
+def test_fault_a_shadow_model_s_answers_are_rotated_by_size_with_the_decisions(tmp_path):
+    """The shadow table grows with the decisions: by size it goes too, or it alone would keep
+    the log over max_db_mb (and every decision would be deleted trying to get under it)."""
+    audit = AuditLog(AuditConfig(max_db_mb=0.1), tmp_path, "sha")
+    audit.start()
+    for n in range(3700):  # rotated every 1000 rows, the last time at 7000 of 7400
+        audit.record({**row(n, time.time()), "top3": [{"class": "glass", "confidence": 0.9}] * 3}, None, False)
+        audit.shadow({"item_id": f"{n:06d}", "live_class": "glass", "live_confidence": 0.9, "class": "metal",
+                      "confidence": 0.8, "agrees": False, "model_sha256": "e" * 64, "model_version": "v2@" + "e" * 12})
+    assert wait_for(lambda: audit.committed == 3700, timeout=30)
+    audit.close()
+    with sqlite3.connect(str(tmp_path / "audit.db")) as db:
+        decisions, shadow = (db.execute(f"SELECT count(*), min(item_id) FROM {t}").fetchone() for t in ("decisions", "shadow"))
+    assert (tmp_path / "audit.db").stat().st_size <= 0.1 * 2 ** 20 * 3
+    assert 0 < shadow[0] < 3700 and shadow[1] > "000000"       # the oldest answers went
+    assert decisions[0] > 0                                     # the decisions were not sacrificed for them
+
+
 WRITER = """
 import sys, numpy as np, cv2
 from pathlib import Path

@@ -78,6 +78,9 @@ CREATE TABLE IF NOT EXISTS reviews (
 """
 
 
+ROTATED = ("decisions", "shadow")  # the tables that grow with every item
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(str(path), check_same_thread=False)
@@ -154,6 +157,7 @@ class AuditLog(threading.Thread):
                                      cfg.captures_quota_mb, cfg.reserve_free_mb)
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=10000)
         self.committed = self.bad_rows = self.dropped = 0
+        self._rows = 0  # rows written to the tables rotation keeps in bounds (ROTATED)
         self.error: Optional[str] = None
         self._closing = False
         self.rotate()
@@ -220,7 +224,9 @@ class AuditLog(threading.Thread):
                     self.bad_rows += 1
                     log.error("audit: %s row not written (%s): %r", kind, exc, {k: row.get(k) for k in list(row)[:6]})
         self.committed += sum(1 for kind, _, _ in batch if kind == "decision")
-        if self.committed % 1000 < len(batch):
+        grown = sum(1 for kind, _, _ in batch if kind in ("decision", "shadow"))
+        self._rows += grown
+        if self._rows % 1000 < grown:  # every 1000 rows of the tables that grow
             self.rotate()
 
     def _insert(self, kind: str, row: Dict, crop: Optional[np.ndarray], now: float) -> None:
@@ -244,15 +250,16 @@ class AuditLog(threading.Thread):
              row.get("model_version")))
 
     def rotate(self) -> None:
-        """Delete decisions older than max_age_days, then oldest ones while over max_db_mb."""
+        """Delete decisions (and the shadow model's answers, which grow with them) older than
+        max_age_days, then the oldest of each while over max_db_mb."""
         with self.db:
             oldest = time.time() - self.cfg.max_age_days * 86400
-            self.db.execute("DELETE FROM decisions WHERE t_wall < ?", (oldest,))
-            self.db.execute("DELETE FROM shadow WHERE t_wall < ?", (oldest,))
+            for table in ROTATED:
+                self.db.execute(f"DELETE FROM {table} WHERE t_wall < ?", (oldest,))
         while self._size() > self.cfg.max_db_mb * 1024 * 1024:
             with self.db:
-                deleted = self.db.execute("DELETE FROM decisions WHERE id IN (SELECT id FROM decisions "
-                                          "ORDER BY id LIMIT 1000)").rowcount
+                deleted = sum(self.db.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+                                              f"ORDER BY id LIMIT 1000)").rowcount for table in ROTATED)
             self.db.execute("PRAGMA incremental_vacuum")
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if not deleted:
