@@ -10,9 +10,12 @@ RUN_DIR ?= runs/default
 # The demo trains in its own folder, so it never overwrites a full training run.
 DEMO_RUN_DIR ?= runs/demo
 DEMO_EPOCHS ?= 4
+# Training processes on this machine (torchrun, DistributedDataParallel); several machines: docs/training.md
+NPROC ?= 1
 PRECISION ?= fp16
 PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
+TRAIN := $(if $(filter 1,$(NPROC)),$(SCRAPSORT),$(BIN)/torchrun --standalone --nproc_per_node $(NPROC) -m edge.cli)
 # On a Jetson (L4T) the edge runtime alone, beside JetPack's TensorRT/OpenCV; elsewhere the workstation set.
 # (Commas inside $(if ...) split its arguments, hence the variables.)
 JETSON_RELEASE ?= /etc/nv_tegra_release
@@ -54,9 +57,9 @@ peers: ## the real peers the tests start on loopback: mosquitto, Chromium, syste
 test: setup peers ## the whole test suite, peers included (what CI runs); only TensorRT/GPU tests may skip
 	SCRAPSORT_REQUIRE_PEERS=1 $(BIN)/python -m pytest -q
 
-train: setup check-data ## full training with the config's schedule, then evaluate + export
+train: setup check-data ## full training with the config's schedule (NPROC=2: two processes), then evaluate + export
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
-	$(SCRAPSORT) train --config $(CONFIG) --run-dir $(RUN_DIR)
+	$(TRAIN) train --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
 

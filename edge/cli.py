@@ -62,8 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config.replace(train=config.train.replace(epochs=args.epochs))
     result = train.train(config, resume=args.resume, progress=not args.quiet,
                          init_from=Path(args.init_from) if args.init_from else None)
-    print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
-          f"checkpoint {result['checkpoint']}")
+    if result["main_process"]:  # under torchrun, one line, not one per process
+        print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
+              f"checkpoint {result['checkpoint']}")
     return 0
 
 

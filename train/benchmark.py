@@ -23,6 +23,7 @@ from edge.service.bench import cpu_description, machine
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.data import Augment, ManifestDataset, cache_resized, make_loader
+from train.distributed import Group, ShardedShuffle
 from train.models import build_model, freeze_stages, set_train_mode
 from train.train import param_groups
 
@@ -40,7 +41,8 @@ def benchmark(config: Config, steps: int = 8, warmup: int = 2, progress: bool = 
     items = manifest.split("train")[: cfg.batch_size * (steps + warmup)]
     dataset = ManifestDataset(manifest, items, pre, Augment(cfg.augment, spec.input_size),
                               cache_resized(manifest, items, pre, progress))
-    batches = [batch for batch, _ in zip(make_loader(dataset, cfg.batch_size, True, 0, cfg.seed), range(steps + warmup))]
+    loader = make_loader(dataset, cfg.batch_size, 0, cfg.seed, ShardedShuffle(len(dataset), Group(), cfg.seed))
+    batches = [batch for batch, _ in zip(loader, range(steps + warmup))]
     result = {"machine": machine(), "batch_size": cfg.batch_size, "input_size": spec.input_size,
               "backbone": config.model.backbone, "freeze_stages": config.model.freeze_stages,
               "train_images": len(manifest.split("train")), "torch_threads": torch.get_num_threads(),
@@ -60,7 +62,7 @@ def benchmark(config: Config, steps: int = 8, warmup: int = 2, progress: bool = 
 
 def _input_pipeline(dataset, cfg, batches: int) -> Dict:
     """Images per second the loader delivers, with the configured workers, nothing else running."""
-    loader = make_loader(dataset, cfg.batch_size, True, cfg.workers, cfg.seed)
+    loader = make_loader(dataset, cfg.batch_size, cfg.workers, cfg.seed, ShardedShuffle(len(dataset), Group(), cfg.seed))
     started, seen = time.perf_counter(), 0
     for (inputs, _), _ in zip(loader, range(batches)):
         seen += len(inputs)

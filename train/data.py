@@ -87,9 +87,10 @@ def cache_resized(manifest: Manifest, items: Sequence[Item], pre: Preprocessor, 
     return cache
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int, sampler=None) -> DataLoader:
+    """Batches in the sampler's order (training), else in the dataset's (evaluation)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       generator=generator, worker_init_fn=_seed_worker, persistent_workers=workers > 0)
 
 

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from edge.errors import ModelError
 from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
+from train.distributed import GlobalBatchLoss, Group, ShardedShuffle, join, shard
 from train.models import build_model, freeze_stages, head, set_train_mode
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 
@@ -43,10 +45,19 @@ def pick_device(name: str) -> torch.device:
 
 
 def train(config: Config, resume: bool = False, progress: bool = True, init_from: Optional[Path] = None) -> Dict:
+    """One process, or one of the processes torchrun started (train/distributed.py)."""
+    seed_everything(config.train.seed)
+    group = join(pick_device(config.train.device))
+    try:
+        return _train(config, group, resume, progress and group.main, init_from)
+    finally:
+        group.close()
+
+
+def _train(config: Config, group: Group, resume: bool, progress: bool, init_from: Optional[Path]) -> Dict:
     run_dir = config.run_path
     cfg = config.train
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = group.device(pick_device(cfg.device))
 
     # Data: the manifest's splits, preprocessed by the shared edge code.
     manifest = Manifest.load(run_dir / MANIFEST_NAME)
@@ -57,8 +68,10 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
     cache = cache_resized(manifest, train_items + val_items, pre, progress) if cfg.cache_images else None
     train_set = ManifestDataset(manifest, train_items, pre, Augment(cfg.augment, spec.input_size), cache)
     val_set = ManifestDataset(manifest, val_items, pre, None, cache)
-    train_loader = make_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed)
-    val_loader = make_loader(val_set, cfg.batch_size, False, cfg.workers, cfg.seed)
+    batch = group.shard_batch(cfg.batch_size)
+    sampler = ShardedShuffle(len(train_set), group, cfg.seed)
+    train_loader = make_loader(train_set, batch, cfg.workers, cfg.seed + group.rank, sampler)
+    val_loader = make_loader(Subset(val_set, shard(range(len(val_set)), group)), batch, cfg.workers, cfg.seed)
 
     # Model, loss, optimiser, schedule.
     model = build_model(config.model, len(manifest.classes), load_weights=init_from is None)
@@ -68,8 +81,9 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=layout)
     freeze_stages(model, config.model.backbone, config.model.freeze_stages)
+    torch.manual_seed(cfg.seed + group.rank)  # each process its own augmentations (the weights start alike)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    criterion = GlobalBatchLoss(weights, cfg.label_smoothing, group)
     optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale),
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
@@ -83,6 +97,7 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
     if resume and (run_dir / LAST).is_file():
         state = _resume(run_dir / LAST, model, ema, optimizer, scheduler)
         log.info("resumed from %s after epoch %d", run_dir / LAST, state["epoch"])
+    stepped = group.wrap(model, device)  # what the optimiser steps: the model, or its DDP wrapper
 
     def checkpoint() -> Dict:
         averaged = {} if ema is None else {"trained_model": model.state_dict(), "ema_updates": int(ema.n_averaged)}
@@ -98,13 +113,14 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
             break
         started = time.monotonic()
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
-        train_loss, train_acc = _run_epoch(model, train_loader, criterion, device, optimizer,
-                                           f"epoch {epoch}/{cfg.epochs}", progress, ema, layout)
+        sampler.set_epoch(epoch)
+        train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device, optimizer,
+                                                             f"epoch {epoch}/{cfg.epochs}", progress, ema, layout))
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         if ema is not None:  # the raw weights' score too, so the average's effect shows in history.json
-            record["raw_val_loss"], record["raw_val_acc"] = _validate(model, val_loader, criterion, device, progress,
-                                                                      layout)
-        val_loss, val_acc = _validate(kept, val_loader, criterion, device, progress, layout)
+            record["raw_val_loss"], record["raw_val_acc"] = group_mean(
+                group, _validate(model, val_loader, criterion, device, progress, layout))
+        val_loss, val_acc = group_mean(group, _validate(kept, val_loader, criterion, device, progress, layout))
         scheduler.step(val_acc)
         state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
@@ -112,14 +128,18 @@ def train(config: Config, resume: bool = False, progress: bool = True, init_from
         improved = val_acc > state["best_val_acc"]
         state["best_val_acc"] = max(val_acc, state["best_val_acc"])
         state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
-        if improved:
-            save_checkpoint(checkpoint(), run_dir / BEST)
-        save_checkpoint(checkpoint(), run_dir / LAST)
-        print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
-              f"val loss {val_loss:.3f} acc {val_acc:.3f}{' (best)' if improved else ''}", flush=True)
+        if group.main:
+            if improved:
+                save_checkpoint(checkpoint(), run_dir / BEST)
+            save_checkpoint(checkpoint(), run_dir / LAST)
+            print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
+                  f"val loss {val_loss:.3f} acc {val_acc:.3f}{' (best)' if improved else ''}", flush=True)
+        group.barrier()  # a restart after this epoch finds its checkpoint on every process
 
-    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
-    return {"best_val_acc": state["best_val_acc"], "epochs": state["epoch"], "checkpoint": str(run_dir / BEST)}
+    if group.main:
+        (run_dir / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return {"best_val_acc": state["best_val_acc"], "epochs": state["epoch"], "checkpoint": str(run_dir / BEST),
+            "main_process": group.main}
 
 
 def init_weights(model: nn.Module, config: Config, spec: PreprocessSpec, classes, source: Path) -> str:
@@ -169,6 +189,12 @@ def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: flo
             {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
 
 
+def group_mean(group: Group, sums) -> tuple:
+    """Mean loss and accuracy over all processes' shards, from each one's sums."""
+    loss, weight, correct, seen = group.sum(*sums)
+    return loss / max(weight, 1e-12), correct / max(seen, 1)
+
+
 def _validate(model: nn.Module, loader, criterion, device: torch.device, progress: bool,
               layout=torch.contiguous_format):
     model.eval()
@@ -176,26 +202,27 @@ def _validate(model: nn.Module, loader, criterion, device: torch.device, progres
         return _run_epoch(model, loader, criterion, device, None, "validate", progress, layout=layout)
 
 
-def _run_epoch(model: nn.Module, loader, criterion, device: torch.device,
+def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: torch.device,
                optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
                ema: Optional[AveragedModel] = None, layout=torch.contiguous_format):
-    total_loss, correct, seen = 0.0, 0, 0
+    """One pass; returns this process's sums (weighted loss, weight, correct, seen)."""
+    total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     for inputs, labels in bar:
         inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
         logits = model(inputs)
-        loss = criterion(logits, labels)
+        loss_sum, weight_sum = criterion.sums(logits, labels)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            criterion.for_step(loss_sum, weight_sum).backward()
             optimizer.step()
             if ema is not None:
-                ema.update_parameters(model)
-        total_loss += loss.item() * len(labels)
+                ema.update_parameters(getattr(model, "module", model))  # the weights, not a DDP wrapper
+        total_loss, total_weight = total_loss + loss_sum.item(), total_weight + weight_sum.item()
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        bar.set_postfix(loss=f"{total_loss / total_weight:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss, total_weight, correct, seen
 
 
 def _resume(path: Path, model: nn.Module, ema: Optional[AveragedModel], optimizer, scheduler) -> Dict:
