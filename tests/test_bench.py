@@ -39,3 +39,9 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     assert " ".join(result["machine"]["cpu_flags"]) in (out / "bench" / "bench.md").read_text()
     assert (out / "bench" / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "| ONNX Runtime (CPU) | fp32 | CPUExecutionProvider |" in (out / "bench" / "bench.md").read_text()
+    spinning = result["spinning"]
+    assert spinning["cycles"] == 2 and set(spinning["modes"]) == {"off", "during_run", "always"}
+    for mode in spinning["modes"].values():  # two runs of real work in every cycle's CPU time
+        assert 0 < mode["after_idle_p50_ms"] and 0 < mode["back_to_back_p50_ms"]
+        assert mode["cpu_ms_per_cycle"] >= mode["back_to_back_p50_ms"]
+    assert "| during_run |" in (out / "bench" / "bench.md").read_text()

@@ -243,14 +243,23 @@ def wait_until(condition, timeout=2.0):
     return condition()
 
 
-@pytest.mark.parametrize("spinning", [False, True])
-def test_the_runtime_spinning_setting_reaches_onnx_runtime(tmp_path, trained_run, spinning):
+@pytest.mark.parametrize("spinning, entries", [
+    (False, {"session.intra_op.allow_spinning": "0"}), ("off", {"session.intra_op.allow_spinning": "0"}),
+    (True, {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": None}),
+    ("during_run", {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"})])
+def test_the_runtime_spinning_setting_reaches_onnx_runtime(tmp_path, trained_run, spinning, entries):
     from edge.service.wiring import open_model
 
     config = line_config(tmp_path, trained_run[1], runtime={"spinning": spinning, "threads": 0})
     backend = open_model(config)
     try:
-        entry = backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-        assert entry == ("1" if spinning else "0")
+        options = backend.session.get_session_options()
+
+        def entry(key):
+            try:
+                return options.get_session_config_entry(key)
+            except RuntimeError:  # not set
+                return None
+        assert {key: entry(key) for key in entries} == entries
     finally:
         backend.close()

@@ -11,6 +11,7 @@ from edge.config.base import Bool, Float, Int, Invalid, Section, Str
 Backbone = Literal["efficientnet_lite0", "resnet18"]
 # "auto" picks the backbone's own normalisation (edge.vision.preprocess.NORMALISATIONS).
 Normalisation = Literal["auto", "tf_lite", "imagenet"]
+Spinning = Literal["off", "during_run", "always"]
 CalibrationMethod = Literal["entropy", "percentile", "max"]
 ProviderName = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -112,6 +113,10 @@ class ProviderConfig(Section):
         {}, description="ONNX Runtime provider options, e.g. trt_engine_cache_path, device_id, trt_dla_enable")
 
 
+def _spinning_entry(value):
+    return {True: "always", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _provider_entry(entry):
     return {"name": entry} if isinstance(entry, str) else entry
 
@@ -123,8 +128,10 @@ class RuntimeConfig(Section):
     providers: Tuple[Annotated[ProviderConfig, BeforeValidator(_provider_entry)], ...] = Field(
         (ProviderConfig(name="CPUExecutionProvider"),))
     threads: Int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0: one per core")
-    spinning: Bool = Field(False, description="ONNX Runtime's threads busy-wait between runs: a little faster "
-                                              "alone, but they take the CPU from the camera thread")
+    spinning: Annotated[Spinning, BeforeValidator(_spinning_entry)] = Field(
+        "during_run", description="how ONNX Runtime's threads wait for work: off (sleep), during_run (busy-wait inside "
+                           "a run, sleep between runs) or always (also for a while after each run, taking the "
+                           "CPU from the camera thread); true/false mean always/off")
     allow_root: Bool = Field(False, description="the daemon refuses root unless this is set deliberately")
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from edge.config import Config
+from edge.service.wiring import model_path
 from edge.stats import percentiles
 
 # The CPU features that decide inference speed here (and which INT8 form is fast): printed
@@ -73,6 +74,39 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
     if accuracy_split:
         result.update(_accuracy(path, run_dir, accuracy_split, provider))
     return result
+
+
+def measure_spinning(path: str, cycles: int, idle_s: float) -> Dict:
+    """Runs inside a child process: ONNX Runtime's spinning modes (runtime.spinning) on the CPU,
+    one session each, taking turns cycle by cycle (so a shared machine's drift hits all alike).
+    A cycle is one run after `idle_s` of idleness, as on the line between frames, then one run
+    straight after it, as in a benchmark loop; the process's CPU time over the cycle counts
+    what the threads burn, spinning included, that the camera thread could have had."""
+    from edge.vision.backends.onnxruntime import SPINNING, OnnxRuntimeBackend
+
+    backends = {mode: OnnxRuntimeBackend(Path(path), spinning=mode) for mode in SPINNING}
+    after_idle, back_to_back, cpu = ({mode: [] for mode in SPINNING} for _ in range(3))
+    for backend in backends.values():
+        for _ in range(5):
+            backend.infer()
+    for _ in range(cycles):
+        for mode, backend in backends.items():
+            started_cpu = time.process_time()
+            time.sleep(idle_s)
+            t0 = time.perf_counter()
+            backend.infer()
+            t1 = time.perf_counter()
+            backend.infer()
+            after_idle[mode].append(t1 - t0)
+            back_to_back[mode].append(time.perf_counter() - t1)
+            time.sleep(idle_s)  # what it burns after the run shows here
+            cpu[mode].append(time.process_time() - started_cpu)
+    for backend in backends.values():
+        backend.close()
+    return {"idle_ms": idle_s * 1000, "cycles": cycles, "modes": {
+        mode: {"after_idle_p50_ms": 1000 * float(np.median(after_idle[mode])),
+               "back_to_back_p50_ms": 1000 * float(np.median(back_to_back[mode])),
+               "cpu_ms_per_cycle": 1000 * float(np.median(cpu[mode]))} for mode in SPINNING}}
 
 
 def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = None) -> Dict:
@@ -142,6 +176,10 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
     if daemon_items:
         result["daemon"] = _daemon_latency(config, daemon_items)
         _line_cost(result)
+        if model_path(config).suffix == ".onnx":
+            print("measuring ONNX Runtime's spinning modes ...", flush=True)
+            result["spinning"] = _in_child("measure_spinning", [str(model_path(config)), iterations // 2,
+                                                                 1 / config.source.fps])
     _speedups(result)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
     (out_dir / "bench.md").write_text(markdown(result))
@@ -159,9 +197,14 @@ def _available_providers() -> List[str]:
 
 def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path,
            provider: Optional[str] = None) -> Dict:
-    code = ("import json, sys; from edge.service.bench import measure_model; "
-            "print(json.dumps(measure_model(*json.loads(sys.argv[1]))))")
-    args = json.dumps([str(path), iterations, warmup, split, str(run_dir), provider])
+    return _in_child("measure_model", [str(path), iterations, warmup, split, str(run_dir), provider])
+
+
+def _in_child(function: str, arguments: List) -> Dict:
+    """A measurement in a fresh process: no thread pool or cache left over from another."""
+    code = (f"import json, sys; from edge.service.bench import {function}; "
+            f"print(json.dumps({function}(*json.loads(sys.argv[1]))))")
+    args = json.dumps(arguments)
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -245,6 +288,15 @@ def markdown(result: Dict) -> str:
         for stage, p in d["latency_ms"].items():
             if p:
                 lines.append(f"| {stage} | {p['p50']:.2f} | {p['p90']:.2f} | {p['p99']:.2f} | {p['max']:.2f} |")
+    if "spinning" in result and "modes" in result["spinning"]:
+        sp = result["spinning"]
+        lines += ["", f"ONNX Runtime's threads between runs (`runtime.spinning`), {sp['cycles']} cycles each, "
+                      f"taking turns: one run after {sp['idle_ms']:.0f} ms idle (a frame), one straight after it, "
+                      f"and the process's CPU time per cycle (two runs and two idle gaps).", "",
+                  "| runtime.spinning | after idle p50 ms | back to back p50 ms | CPU ms per cycle |", "|---|---|---|---|"]
+        for mode, m in sp["modes"].items():
+            lines.append(f"| {mode} | {m['after_idle_p50_ms']:.2f} | {m['back_to_back_p50_ms']:.2f} | "
+                         f"{m['cpu_ms_per_cycle']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

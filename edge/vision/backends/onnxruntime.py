@@ -84,15 +84,27 @@ def tensorrt_ep_options(path: Path, precision: str, options: Dict) -> Dict:
     return {**defaults, **options}
 
 
+# How ONNX Runtime's intra-op threads wait for work. "always" (its default): they busy-wait
+# between parallel sections and for a while after each run; "off": they sleep and are woken
+# for each section (a futex wake per operator, ~2-3 ms a run on a 2-core VM); "during_run":
+# they spin inside a run and stop at its end, so the camera thread gets the cores between runs.
+SPINNING = {
+    "always": {"session.intra_op.allow_spinning": "1"},
+    "off": {"session.intra_op.allow_spinning": "0"},
+    "during_run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+}
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: Path, providers: Sequence[Provider] = (CPU,), threads: int = 0,
-                 spinning: bool = True):
+                 spinning: str = "always"):
         ort = require("onnxruntime", "ort")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        for key, value in SPINNING[spinning].items():
+            options.add_session_config_entry(key, value)
         options.log_severity_level = 3
         chosen = choose_providers(providers, ort.get_available_providers())
         if chosen[0][0] == TENSORRT_EP:  # its options depend on the model's precision, read first on the CPU
