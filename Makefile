@@ -12,6 +12,7 @@ DEMO_RUN_DIR ?= runs/demo
 DEMO_EPOCHS ?= 4
 # Training processes on this machine (torchrun, DistributedDataParallel); several machines: docs/training.md
 NPROC ?= 1
+FOLDS ?= 5
 PRECISION ?= fp16
 PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
@@ -25,7 +26,7 @@ WORKSTATION_EXTRAS := train,ort,plant,test
 EXTRAS := $(if $(JETSON),$(RUNTIME_EXTRAS),$(WORKSTATION_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup peers demo test train evaluate export calibrate compare engine bench bench-belt run install uninstall doctor check-data check-model
+.PHONY: help setup peers demo test train cv evaluate export calibrate compare engine bench bench-belt run install uninstall doctor check-data check-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +63,10 @@ train: setup check-data ## full training with the config's schedule (NPROC=2: tw
 	$(TRAIN) train --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
+
+cv: setup check-data ## k-fold cross-validation of CONFIG's recipe on the non-test images (FOLDS=5)
+	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
+	$(SCRAPSORT) cv --config $(CONFIG) --run-dir $(RUN_DIR) --folds $(FOLDS)
 
 calibrate: setup check-model ## FP16 + INT8 (Q/DQ) ONNX, TensorRT cache, and the FP32/FP16/INT8 comparison
 	$(SCRAPSORT) calibrate --config $(CONFIG) --run-dir $(RUN_DIR)

@@ -61,10 +61,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.epochs:
         config = config.replace(train=config.train.replace(epochs=args.epochs))
     result = train.train(config, resume=args.resume, progress=not args.quiet,
-                         init_from=Path(args.init_from) if args.init_from else None)
-    if result["main_process"]:  # under torchrun, one line, not one per process
+                         init_from=Path(args.init_from) if args.init_from else None, final=args.final)
+    if result["main_process"] and args.final:
+        print(f"trained on all non-test images for {result['epochs']} epochs; checkpoint {result['checkpoint']}")
+    elif result["main_process"]:  # under torchrun, one line, not one per process
         print(f"best validation accuracy {result['best_val_acc']:.4f} after {result['epochs']} epochs; "
               f"checkpoint {result['checkpoint']}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    cv = require("train.cv", "train")
+    config = _config(args)
+    if args.epochs:
+        config = config.replace(train=config.train.replace(epochs=args.epochs))
+    if args.grouping:
+        rows = cv.grouping_rule(config, args.grouping, progress=not args.quiet)
+        print("| distance (bits of 64) | groups | images sharing a group | largest group | test images with a "
+              "near-duplicate in train/val |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['distance_bits']} | {r['groups']} | {r['images_in_shared_groups']} | {r['largest_group']} | "
+                  f"{r['test_images_with_a_near_duplicate_in_the_pool']} |")
+        return 0
+    name = args.name or Path(args.config).stem
+    result = cv.cross_validate(config, name, args.folds, progress=not args.quiet, distance=args.distance)
+    print(cv.table(result))
+    print(f"written: {config.run_path / 'cv' / name / 'cv.json'}")
     return 0
 
 
@@ -307,9 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", action="store_true",
                    help="measure images/s of the input pipeline and of a training step in each speed-up variant "
                         "on this machine, and the epoch time; trains nothing")
+    p.add_argument("--final", action="store_true",
+                   help="train on train + val (every non-test image) for train.epochs with no validation "
+                        "(the epochs `scrapsort cv` chose; needs train.schedule: cosine); the last epoch is kept")
     p.add_argument("--init-from", metavar="RUN_OR_PT",
                    help="start from a trained model (its run dir or best.pt) instead of ImageNet weights; "
                         "classes matched by name, a new class gets a new head row")
+    p = command("cv", cmd_cv, "k-fold cross-validation of the config's recipe on the non-test images, "
+                              "folds grouped by near-duplicate photos")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="override train.epochs (every fold runs them all)")
+    p.add_argument("--name", help="the recipe's name in <run_dir>/cv/ (default: the config file's name)")
+    p.add_argument("--distance", type=int, default=8, help="perceptual-hash bits within which photos share a fold")
+    p.add_argument("--grouping", type=int, nargs="+", metavar="BITS",
+                   help="only report what these distances would group (the rule's measurement); trains nothing")
     p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split, or on a folder")
     p.add_argument("--model", help="checkpoint (.pt), TorchScript (.ts) or ONNX (.onnx); default best.pt "
                                    "(with --folder: the runtime's model)")

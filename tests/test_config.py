@@ -16,7 +16,7 @@ def write(tmp_path, text: str) -> Path:
 
 
 def test_shipped_configs_load():
-    for path in sorted((REPO / "configs").glob("*.yaml")):
+    for path in sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "recipes").glob("*.yaml")):
         config = load_config(path)
         assert config.classes and config.source_file == str(path)
 
@@ -141,3 +141,20 @@ def test_fault_values_once_accepted_are_refused_with_exit_78(tmp_path, caplog):
         caplog.clear()
         assert main(["config", "check", str(write(tmp_path, text))]) == 78, text
         assert message in caplog.text, (message, caplog.text)
+
+
+def test_a_recipe_extends_another_config_and_states_only_what_it_changes(tmp_path):
+    (tmp_path / "base.yaml").write_text("run_dir: runs/base\ntrain:\n  epochs: 30\n  lr: 0.002\n"
+                                        "  augment: {vflip: 0.5, rotation_deg: 15}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "recipe.yaml").write_text("extends: ../base.yaml\ntrain:\n  epochs: 12\n"
+                                                  "  augment: {vflip: 0.0}\n")
+    config = load_config(tmp_path / "sub" / "recipe.yaml")
+    assert (config.run_dir, config.train.epochs, config.train.lr) == ("runs/base", 12, 0.002)
+    assert (config.train.augment.vflip, config.train.augment.rotation_deg) == (0.0, 15)  # merged, not replaced
+    (tmp_path / "base.yaml").write_text("extends: sub/recipe.yaml\n")
+    with pytest.raises(ConfigError, match="goes round in a circle"):
+        load_config(tmp_path / "sub" / "recipe.yaml")
+    (tmp_path / "lost.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
+        load_config(tmp_path / "lost.yaml")

@@ -191,8 +191,9 @@ def test_the_training_benchmark_measures_each_variant_against_the_configured_ste
     copy = shutil.copytree(run, tmp_path / "run")
     config = load_config(config_path).replace(run_dir=str(copy))
     result = benchmark(config, steps=3, warmup=1, progress=False,
-                       only=["channels_last", "channels_last + bf16 autocast"])
-    plain, channels_last, bf16 = result["steps"]
+                       only=["channels_last", "channels_last + bf16 autocast", "channels_last, 32 px (train.low_res)"])
+    plain, channels_last, bf16, low_res = result["steps"]
+    assert low_res["images_per_s"] > 0  # the tiny model's 64 px halved: the candidate below its size
     assert plain["variant"] == PLAIN and plain["speedup"] == 1.0 and result["configured"] == "channels_last"
     assert channels_last["speedup"] == pytest.approx(channels_last["images_per_s"] / plain["images_per_s"])
     assert plain["images_per_s"] > 0 and result["input_pipeline"]["images_per_s"] > 0
@@ -203,3 +204,25 @@ def test_the_training_benchmark_measures_each_variant_against_the_configured_ste
     assert result["epoch"]["minutes"] > 0
     assert json.loads((copy / "train_benchmark.json").read_text())["batch_size"] == 8
     assert "images/s" in table(result) and result["machine"]["cpu"] in table(result)
+
+
+def test_low_res_epochs_train_on_smaller_batches_then_the_deployed_size(tmp_path):
+    from tests.conftest import make_dataset, write_config
+
+    config = write_config(tmp_path / "tiny.yaml", make_dataset(tmp_path / "data"), tmp_path / "run",
+                          train={"epochs": 3, "batch_size": 8, "workers": 0, "seed": 1, "early_stop_patience": 5,
+                                 "low_res": {"size": 32, "epochs": 2}})
+    assert main(["prepare", "--config", str(config), "-q"]) == 0
+    assert main(["train", "--config", str(config), "-q"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [row["size"] for row in history] == [32, 32, 64]
+
+
+def test_a_low_res_size_the_backbone_cannot_take_is_refused_with_the_fix(tmp_path):
+    from edge.config import load_config
+    from edge.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  low_res: {size: 150, epochs: 3}\n")
+    with pytest.raises(ConfigError, match="150 must be a multiple of 32.*e.g. 128"):
+        load_config(path)

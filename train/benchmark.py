@@ -47,7 +47,7 @@ def benchmark(config: Config, steps: int = 8, warmup: int = 2, progress: bool = 
               "backbone": config.model.backbone, "freeze_stages": config.model.freeze_stages,
               "train_images": len(manifest.split("train")), "torch_threads": torch.get_num_threads(),
               "input_pipeline": _input_pipeline(dataset, cfg, steps + warmup), "steps": []}
-    chosen = [(name, setup) for name, setup in _variants(result["machine"].get("cpu_flags", []))
+    chosen = [(name, setup) for name, setup in _variants(result["machine"].get("cpu_flags", []), spec.input_size)
               if only is None or name in only or name == PLAIN]
     result["steps"] = _time_steps(chosen, config, manifest, batches, warmup)
     base = result["steps"][0].get("images_per_s")
@@ -69,7 +69,13 @@ def _input_pipeline(dataset, cfg, batches: int) -> Dict:
     return {"workers": cfg.workers, "images_per_s": seen / (time.perf_counter() - started)}
 
 
-def _variants(flags: List[str]):
+def low_res_sizes(input_size: int) -> List[int]:
+    """train.low_res candidates: about 5/7 and 4/7 of the side (160 and 128 for 224), multiples of 32."""
+    return sorted({size for size in (input_size * 5 // 7 // 32 * 32, input_size * 4 // 7 // 32 * 32)
+                   if 32 <= size < input_size}, reverse=True)
+
+
+def _variants(flags: List[str], input_size: int):
     """(name, setup) pairs; setup(model) -> (model, autocast context) or raises with the reason."""
     def plain(model):
         return model, nullcontext()
@@ -89,7 +95,8 @@ def _variants(flags: List[str]):
         return torch.compile(model.to(memory_format=torch.channels_last)), nullcontext()
 
     return [(PLAIN, plain), ("channels_last", channels_last), ("channels_last + bf16 autocast", bf16),
-            ("torch.compile", compiled), ("channels_last + torch.compile", channels_last_compiled)]
+            ("torch.compile", compiled), ("channels_last + torch.compile", channels_last_compiled),
+            *[(f"channels_last, {size} px (train.low_res)", channels_last) for size in low_res_sizes(input_size)]]
 
 
 class _Trainer:
@@ -102,6 +109,7 @@ class _Trainer:
         self.name, self.times = name, []
         self.model, self.autocast = setup(model)
         self.channels_last = "channels_last" in name
+        self.size = int(name.split(", ")[1].split(" px")[0]) if " px" in name else None
         self.optimizer = torch.optim.Adam(param_groups(self.model, config.model.backbone, config.train.lr,
                                                        config.train.backbone_lr_scale), lr=config.train.lr)
         self.criterion = nn.CrossEntropyLoss()
@@ -111,6 +119,8 @@ class _Trainer:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
+        if self.size:  # as the training loop scales its batches down (part of the step's cost)
+            inputs = nn.functional.interpolate(inputs, size=(self.size, self.size), mode="bilinear", antialias=True)
         with self.autocast:
             loss = self.criterion(self.model(inputs), labels)
         self.optimizer.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from edge.config import Config
-from edge.errors import ModelError
+from edge.errors import ConfigError, ModelError
 from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
@@ -44,17 +45,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train(config: Config, resume: bool = False, progress: bool = True, init_from: Optional[Path] = None) -> Dict:
-    """One process, or one of the processes torchrun started (train/distributed.py)."""
+def train(config: Config, resume: bool = False, progress: bool = True, init_from: Optional[Path] = None,
+          final: bool = False) -> Dict:
+    """One process, or one of the processes torchrun started (train/distributed.py). `final`:
+    train on train + val (all non-test images) for train.epochs, as `scrapsort cv` chose them."""
     seed_everything(config.train.seed)
     group = join(pick_device(config.train.device))
     try:
-        return _train(config, group, resume, progress and group.main, init_from)
+        return _train(config, group, resume, progress and group.main, init_from, final)
     finally:
         group.close()
 
 
-def _train(config: Config, group: Group, resume: bool, progress: bool, init_from: Optional[Path]) -> Dict:
+def _train(config: Config, group: Group, resume: bool, progress: bool, init_from: Optional[Path],
+           final: bool) -> Dict:
     run_dir = config.run_path
     cfg = config.train
     device = group.device(pick_device(cfg.device))
@@ -65,6 +69,13 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
                                        config.preprocess.normalisation)
     pre = Preprocessor(spec)
     train_items, val_items = manifest.split("train"), manifest.split("val")
+    if final:
+        train_items, val_items = train_items + val_items, []
+    if cfg.low_res.size >= spec.input_size:
+        raise ConfigError(f"train.low_res.size {cfg.low_res.size} must be below model.input_size {spec.input_size}")
+    if not val_items and cfg.schedule == "plateau":
+        raise ConfigError("no validation split to train against (--final, or a manifest without one): "
+                          "train.schedule plateau reads validation accuracy; set train.schedule: cosine")
     cache = cache_resized(manifest, train_items + val_items, pre, progress) if cfg.cache_images else None
     train_set = ManifestDataset(manifest, train_items, pre, Augment(cfg.augment, spec.input_size), cache)
     val_set = ManifestDataset(manifest, val_items, pre, None, cache)
@@ -86,8 +97,7 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
     criterion = GlobalBatchLoss(weights, cfg.label_smoothing, group)
     optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale),
                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
+    scheduler = make_scheduler(optimizer, cfg)
     # The averaged weights (when on) are what is validated, kept and exported: they move less
     # from batch to batch, so the best-on-validation epoch is less a matter of luck.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
@@ -114,26 +124,32 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
         started = time.monotonic()
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
         sampler.set_epoch(epoch)
+        size = cfg.low_res.size if epoch <= cfg.low_res.epochs and cfg.low_res.size else None
         train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device, optimizer,
-                                                             f"epoch {epoch}/{cfg.epochs}", progress, ema, layout))
-        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
-        if ema is not None:  # the raw weights' score too, so the average's effect shows in history.json
+                                                             f"epoch {epoch}/{cfg.epochs}", progress, ema, layout,
+                                                             size))
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                  "size": size or spec.input_size}
+        if ema is not None and val_items:  # the raw weights' score too, so the average's effect shows
             record["raw_val_loss"], record["raw_val_acc"] = group_mean(
                 group, _validate(model, val_loader, criterion, device, progress, layout))
-        val_loss, val_acc = group_mean(group, _validate(kept, val_loader, criterion, device, progress, layout))
-        scheduler.step(val_acc)
-        state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc,
+        # Without a validation split (a final fit) every epoch counts as the best: the last is kept.
+        val_loss, val_acc = group_mean(group, _validate(kept, val_loader, criterion, device, progress, layout)) \
+            if val_items else (float("nan"), 1.0)
+        scheduler.step(val_acc) if cfg.schedule == "plateau" else scheduler.step()
+        state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc if val_items else None,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
         state["epoch"] = epoch
-        improved = val_acc > state["best_val_acc"]
+        improved = val_acc >= state["best_val_acc"] if not val_items else val_acc > state["best_val_acc"]
         state["best_val_acc"] = max(val_acc, state["best_val_acc"])
         state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
         if group.main:
             if improved:
                 save_checkpoint(checkpoint(), run_dir / BEST)
             save_checkpoint(checkpoint(), run_dir / LAST)
-            print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | "
-                  f"val loss {val_loss:.3f} acc {val_acc:.3f}{' (best)' if improved else ''}", flush=True)
+            scored = f"val loss {val_loss:.3f} acc {val_acc:.3f}{' (best)' if improved else ''}" if val_items \
+                else "no validation split"
+            print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | {scored}", flush=True)
         group.barrier()  # a restart after this epoch finds its checkpoint on every process
 
     if group.main:
@@ -179,6 +195,19 @@ def init_weights(model: nn.Module, config: Config, spec: PreprocessSpec, classes
     return f"{path} ({len(old)} classes{'; new: ' + ', '.join(added) if added else ''})"
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg):
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience)
+    warmup, decay = cfg.warmup_epochs, max(1, cfg.epochs - cfg.warmup_epochs)
+
+    def factor(done: int) -> float:  # of the base rate, for the epoch after `done` epochs
+        if done < warmup:
+            return (done + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (done - warmup) / decay))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: float):
     """The new head at `lr`, the trainable pretrained layers at lr * backbone_scale."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -204,11 +233,14 @@ def _validate(model: nn.Module, loader, criterion, device: torch.device, progres
 
 def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: torch.device,
                optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
-               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format):
-    """One pass; returns this process's sums (weighted loss, weight, correct, seen)."""
+               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format, size: Optional[int] = None):
+    """One pass; returns this process's sums (weighted loss, weight, correct, seen). `size`:
+    the batches scaled down to it first (train.low_res)."""
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     for inputs, labels in bar:
+        if size is not None:
+            inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
         inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
         logits = model(inputs)
         loss_sum, weight_sum = criterion.sums(logits, labels)

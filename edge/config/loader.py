@@ -112,16 +112,37 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; raises ConfigError with file and key on any problem."""
-    path = Path(path)
+    return config_from_dict(_read_yaml(Path(path), ()), str(path))
+
+
+def _read_yaml(path: Path, chain: tuple) -> Dict[str, Any]:
+    """A config file's mapping. `extends: other.yaml` (relative to the file) starts from that
+    file's settings; this file's keys replace or deep-merge into them (a recipe states only
+    what it changes)."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (pass --config with an existing file, "
                           f"e.g. configs/default.yaml)")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: `extends` goes round in a circle ({' -> '.join(str(p) for p in chain)})")
     try:
         with open(path) as stream:  # the stream's name puts the file into YAML's error marks
             raw = yaml.load(stream, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return config_from_dict(raw, str(path))
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    base = raw.pop("extends")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the path of another config file")
+    return _merged(_read_yaml(path.parent / base, chain + (path.resolve(),)), raw)
+
+
+def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else value
+    return merged
 
 
 def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
@@ -138,6 +159,8 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
 def json_schema() -> Dict[str, Any]:
     schema = Config.model_json_schema()
     schema["title"] = "scrapsort line configuration"
+    schema["properties"]["extends"] = {"type": "string", "description": "another config file (relative to this "
+                                       "one) whose settings this file starts from and overrides"}
     return schema
 
 
