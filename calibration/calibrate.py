@@ -1,11 +1,15 @@
 """`scrapsort calibrate`: FP16 and INT8 (Q/DQ) ONNX plus a legacy TensorRT cache.
 
-INT8 variants are measured on the validation split against the FP32 model: each calibration
-method with every layer quantized, and, where that loses more than `max_drop`, with the layers
-most sensitive to INT8 (measured one by one) left in float, fewest first. The best is kept
-as model_int8.onnx (TensorRT's form); model_int8_cpu.onnx is the same calibration in ONNX
-Runtime's fast x86 form, with the same layers in float. The test split
-is never looked at here, so the test numbers of `evaluate --precisions` stay honest.
+INT8 variants are measured against the FP32 model on the selection set: every non-test image
+the calibration did not use (train and val: thousands of images, not the ~200 of val, so a
+1-point difference is not noise; agreement needs no label, so images the model trained on
+count as well). Each calibration method is tried with every layer quantized and, where that
+agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
+accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
+first. The variant that agrees best with FP32 is kept as model_int8.onnx (TensorRT's form);
+model_int8_cpu.onnx is the same calibration in ONNX Runtime's fast x86 form, with the same
+layers in float. The test split is never looked at here, so the test numbers of `evaluate
+--precisions` stay honest.
 """
 from __future__ import annotations
 
@@ -58,12 +62,16 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     stamp(run_dir / FP16_NAME, replace(info, precision="fp16").to_metadata())
 
     source = _prepared(fp32, work / "model_prepared.onnx")
-    reference, labels, _ = predict_split(fp32, manifest, "val", progress)
+    selection = selection_set(manifest, files)
+    reference, labels, _ = predict_split(fp32, selection, "val", progress)
     fp32_acc = float(np.mean(reference.argmax(1) == labels))
+
+    def good_enough(variant: Dict) -> bool:
+        return variant["agreement"] >= cfg.min_agreement and variant["accuracy"] >= fp32_acc - cfg.max_drop
     metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
 
-    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = manifest):
-        """Quantize in one form and return (file, its validation logits on `on`)."""
+    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = selection):
+        """Quantize in one form and return (file, its logits on `on`'s images)."""
         out = work / f"{name}.onnx"
         quantize_int8(source, out, reader, method, _ranges(work, method, form), exclude, cfg.percentile, form)
         stamp(out, metadata[form])
@@ -79,12 +87,12 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     for method in cfg.methods:
         _ranges(work, method, "tensorrt").unlink(missing_ok=True)  # ranges belong to this model and set only
         variants.append(scored(f"int8-{method}", method, []))
-        if cfg.max_float_layers and variants[-1]["val_accuracy"] < fp32_acc - cfg.max_drop:
-            if ranking is None:  # which layers hurt most when quantized alone (once, on a val subset)
-                ranking = _sensitivity(manifest, work, method, source, trial, cfg.sensitivity_images)
+        if cfg.max_float_layers and not good_enough(variants[-1]):
+            if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
+                ranking = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
             for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
                 variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
-                if variants[-1]["val_accuracy"] >= fp32_acc - cfg.max_drop:
+                if good_enough(variants[-1]):
                     break
     best = _best(variants)
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
@@ -103,7 +111,8 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
-              "fp32_val_accuracy": fp32_acc, "sensitivity_ranking": ranking,
+              "selection_images": len(labels), "fp32_accuracy": fp32_acc, "sensitivity_ranking": ranking,
+              "chosen_good_enough": good_enough(best),
               "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
@@ -124,8 +133,9 @@ def _ranges(work: Path, method: str, form: str) -> Path:
 
 
 def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
-    """Quantizable layers ordered by how much validation agreement with FP32 drops when each is
-    the only one quantized; layers that cost nothing are left out."""
+    """Quantizable layers ordered by how much agreement with FP32 drops when each is the only
+    one quantized (on the first `images` of the selection set); layers that cost nothing are
+    left out."""
     subset = manifest.subset(manifest.split("val")[:images])
     reference = predict_split(model, subset, "val", progress=False)[0].argmax(1)
     nodes = quantizable_nodes(model)
@@ -139,19 +149,27 @@ def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial
     return [n for n in sorted(nodes, key=lambda n: agreement[n]) if agreement[n] < 1.0]
 
 
+def selection_set(manifest: Manifest, calibration_files) -> Manifest:
+    """Every train and val image the calibration did not use, as one split (named val here)."""
+    used = {str(Path(f)) for f in calibration_files}
+    pool = manifest.split("train") + manifest.split("val")
+    return manifest.subset([replace(i, split="val") for i in pool if str(manifest.absolute(i)) not in used])
+
+
 def _best(variants: List[Dict]) -> Dict:
-    """Highest validation accuracy; at equal accuracy, closest to FP32."""
-    return max(variants, key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    """Closest to FP32 (the answers the model was validated with); at equal agreement, the
+    more accurate."""
+    return max(variants, key=lambda v: (v["agreement"], v["accuracy"]))
 
 
 def _print(variant: Dict) -> None:
-    print(f"{variant['name']}: validation accuracy {variant['val_accuracy']:.4f}, "
-          f"agreement with FP32 {variant['val_agreement']:.4f}", flush=True)
+    print(f"{variant['name']}: agreement with FP32 {variant['agreement']:.4f}, "
+          f"accuracy {variant['accuracy']:.4f} on the selection set", flush=True)
 
 
 def _score(name, method, float_layers, path, logits, reference, labels) -> Dict:
     labels = np.asarray(labels)
     return {"name": name, "method": method, "float_layers": list(float_layers), "path": str(path),
-            "val_accuracy": float(np.mean(logits.argmax(1) == labels)),
-            "val_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
-            "val_max_logit_diff": float(np.abs(logits - reference).max())}
+            "accuracy": float(np.mean(logits.argmax(1) == labels)),
+            "agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+            "max_logit_diff": float(np.abs(logits - reference).max())}

@@ -84,7 +84,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
                   f"{r['test_images_with_a_near_duplicate_in_the_pool']} |")
         return 0
     name = args.name or Path(args.config).stem
-    result = cv.cross_validate(config, name, args.folds, progress=not args.quiet, distance=args.distance)
+    result = cv.cross_validate(config, name, args.folds, progress=not args.quiet, distance=args.distance,
+                               only=args.fold)
     print(cv.table(result))
     print(f"written: {config.run_path / 'cv' / name / 'cv.json'}")
     return 0
@@ -178,10 +179,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     config = _config(args)
     report = calibrate.calibrate(config, model_path=args.model, set_path=args.set, progress=not args.quiet)
     print(f"FP16: {report['fp16']}")
-    print(f"INT8: {report['int8']} (chosen: {report['chosen']}, validation accuracy FP32 "
-          f"{report['fp32_val_accuracy']:.4f})")
-    print(f"INT8 for ONNX Runtime on x86: {report['int8_cpu']['path']} (validation accuracy "
-          f"{report['int8_cpu']['val_accuracy']:.4f})")
+    chosen = next(v for v in report["variants"] if v["name"] == report["chosen"])
+    cpu = report["int8_cpu"]
+    print(f"selection set: {report['selection_images']} non-test images the calibration did not use; "
+          f"FP32 accuracy {report['fp32_accuracy']:.4f}")
+    print(f"INT8: {report['int8']} ({report['chosen']}: agreement with FP32 {chosen['agreement']:.4f}, "
+          f"accuracy {chosen['accuracy']:.4f})")
+    if not report["chosen_good_enough"]:
+        print(f"  no variant met calibration.min_agreement {config.calibration.min_agreement} and max_drop "
+              f"{config.calibration.max_drop}: raise calibration.max_float_layers or calibration.images")
+    print(f"INT8 for ONNX Runtime on x86: {cpu['path']} (agreement with FP32 {cpu['agreement']:.4f}, "
+          f"accuracy {cpu['accuracy']:.4f})")
     print(f"TensorRT calibration cache: {report['trt_cache']} ({report['trt_cache_tensors']} tensors)")
     return 0
 
@@ -340,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, help="override train.epochs (every fold runs them all)")
     p.add_argument("--name", help="the recipe's name in <run_dir>/cv/ (default: the config file's name)")
+    p.add_argument("--fold", type=int, action="append", metavar="N",
+                   help="train only fold N (repeatable; e.g. one fold per machine on a shared run dir); "
+                        "the summary covers the folds finished")
     p.add_argument("--distance", type=int, default=8, help="perceptual-hash bits within which photos share a fold")
     p.add_argument("--grouping", type=int, nargs="+", metavar="BITS",
                    help="only report what these distances would group (the rule's measurement); trains nothing")

@@ -78,9 +78,24 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     for variant in report["variants"]:
         count = int(variant["name"].rsplit("-", 1)[1]) if "float" in variant["name"] else 0
         assert variant["float_layers"] == ranking[:count]
-    best = max(report["variants"], key=lambda v: (v["val_accuracy"], v["val_agreement"]))
+    best = max(report["variants"], key=lambda v: (v["agreement"], v["accuracy"]))  # closest to FP32 first
     assert report["chosen"] == best["name"]
     assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
+
+
+def test_variants_are_chosen_on_every_non_test_image_the_calibration_did_not_use(calibrated):
+    from calibration.calibrate import selection_set
+
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    manifest = Manifest.load(run / "manifest.json")
+    used = json.loads((run / "calibration_set.json").read_text())["files"]
+    selection = selection_set(manifest, used)
+    chosen_from = {str(manifest.absolute(i)) for i in selection.items}
+    pool = {str(manifest.absolute(i)) for i in manifest.split("train") + manifest.split("val")}
+    assert chosen_from == pool - set(used) and len(used) == report["calibration_images"] > 0
+    assert not chosen_from & {str(manifest.absolute(i)) for i in manifest.split("test")}
+    assert report["selection_images"] == len(chosen_from) > len(manifest.split("val"))
 
 
 def test_float_layers_really_stay_float(calibrated):

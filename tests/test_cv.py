@@ -58,10 +58,15 @@ def prepared(tmp_path):
 def test_cv_validates_every_non_test_image_once_and_keeps_twins_in_one_fold(prepared, capsys):
     config, run = prepared
     manifest = Manifest.load(run / "manifest.json")
-    assert main(["cv", "--config", str(config), "--folds", "3", "-q"]) == 0
+    assert main(["cv", "--config", str(config), "--folds", "3", "--fold", "1", "-q"]) == 0   # one machine's share
     out = run / "cv" / "tiny"
+    assert json.loads((out / "cv.json").read_text())["folds_finished"] == [1]
+    assert "ONLY 1 of the folds finished" in capsys.readouterr().out
+    trained_once = (out / "fold1" / "last.pt").stat().st_mtime_ns
+    assert main(["cv", "--config", str(config), "--folds", "3", "-q"]) == 0                  # the rest
+    assert (out / "fold1" / "last.pt").stat().st_mtime_ns == trained_once                   # not trained again
     result = json.loads((out / "cv.json").read_text())
-    assert result["folds"] == 3 and len(result["per_fold"]) == 3 and result["epochs_run"] == 2
+    assert result["folds"] == 3 and result["folds_finished"] == [0, 1, 2] and len(result["per_fold"]) == 3 and result["epochs_run"] == 2
     assert result["mean"] == pytest.approx(np.mean(result["per_fold"]))
     assert result["chosen_epochs"] in (1, 2)
     held = {}

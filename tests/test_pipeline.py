@@ -206,7 +206,7 @@ def test_the_training_benchmark_measures_each_variant_against_the_configured_ste
     assert "images/s" in table(result) and result["machine"]["cpu"] in table(result)
 
 
-def test_low_res_epochs_train_on_smaller_batches_then_the_deployed_size(tmp_path):
+def test_low_res_epochs_train_on_smaller_batches_then_the_deployed_size(tmp_path, capsys):
     from tests.conftest import make_dataset, write_config
 
     config = write_config(tmp_path / "tiny.yaml", make_dataset(tmp_path / "data"), tmp_path / "run",
@@ -216,6 +216,8 @@ def test_low_res_epochs_train_on_smaller_batches_then_the_deployed_size(tmp_path
     assert main(["train", "--config", str(config), "-q"]) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [row["size"] for row in history] == [32, 32, 64]
+    import torch
+    assert f"training on cpu ({torch.get_num_threads()} threads, fp32)" in capsys.readouterr().out  # what ran where
 
 
 def test_a_low_res_size_the_backbone_cannot_take_is_refused_with_the_fix(tmp_path):

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -104,13 +104,16 @@ def grouping_report(groups: np.ndarray, distance: int) -> Dict:
 
 
 def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = True,
-                   distance: int = GROUP_DISTANCE) -> Dict:
+                   distance: int = GROUP_DISTANCE, only: Optional[Sequence[int]] = None) -> Dict:
     """Train the recipe (the config called `name`) k times, resumable fold by fold; score each
-    held-out fold. Results in <run_dir>/cv/<name>/."""
+    held-out fold. Results in <run_dir>/cv/<name>/. `only`: train just these folds (several
+    machines can share the folds of one run dir); the summary covers the folds finished."""
     from train.train import train
 
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    if only and not set(only) <= set(range(folds)):
+        raise ConfigError(f"--fold {sorted(only)}: folds are numbered 0 to {folds - 1}")
     run_dir = config.run_path
     manifest = Manifest.load(run_dir / MANIFEST_NAME)
     pool, hashes, groups = grouped_pool(manifest, run_dir, distance, progress)
@@ -118,32 +121,45 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
     out = run_dir / "cv" / name
     # Every fold runs every epoch: the epoch count is chosen on the mean curve, not per fold.
     recipe = config.replace(train=config.train.replace(early_stop_patience=config.train.epochs + 1))
-    curves = []
+    curves, finished = [], []
     for fold in range(folds):
         fold_dir = out / f"fold{fold}"
-        held = {id(item) for item, f in zip(pool, fold_of) if f == fold}
-        pooled = {id(item) for item in pool}
-        items = [replace(item, split="val" if id(item) in held else "train") if id(item) in pooled else item
-                 for item in manifest.items]
-        manifest.subset(items).save(fold_dir / MANIFEST_NAME)
-        print(f"fold {fold + 1}/{folds}: {len(held)} images held out", flush=True)
-        train(recipe.replace(run_dir=str(fold_dir)), resume=True, progress=progress)
-        history = json.loads((fold_dir / "history.json").read_text())
-        curves.append([row["val_acc"] for row in history])
+        if not _finished(fold_dir, recipe.train.epochs) and (only is None or fold in only):
+            held = {id(item) for item, f in zip(pool, fold_of) if f == fold}
+            pooled = {id(item) for item in pool}
+            items = [replace(item, split="val" if id(item) in held else "train") if id(item) in pooled else item
+                     for item in manifest.items]
+            manifest.subset(items).save(fold_dir / MANIFEST_NAME)
+            print(f"fold {fold + 1}/{folds}: {len(held)} images held out", flush=True)
+            train(recipe.replace(run_dir=str(fold_dir)), resume=True, progress=progress)
+        if _finished(fold_dir, recipe.train.epochs):
+            history = json.loads((fold_dir / "history.json").read_text())
+            curves.append([row["val_acc"] for row in history])
+            finished.append(fold)
+            epoch_seconds = [row["seconds"] for row in history]
+    if not curves:
+        raise ConfigError(f"no fold of {out} has finished; run `scrapsort cv` without --fold")
     result = summarise(curves)
     recipe_dict = config.to_dict()
-    result.update({"config": name, "folds": folds, "train": recipe_dict["train"], "model": recipe_dict["model"],
+    result.update({"config": name, "folds": folds, "folds_finished": finished,
+                   "seconds_per_epoch_last_fold": epoch_seconds,
+                   "train": recipe_dict["train"], "model": recipe_dict["model"],
                    "grouping": grouping_report(groups, distance),
                    "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
     (out / "cv.json").write_text(json.dumps(result, indent=1))
     return result
 
 
+def _finished(fold_dir: Path, epochs: int) -> bool:
+    path = fold_dir / "history.json"
+    return path.is_file() and len(json.loads(path.read_text())) >= epochs
+
+
 def summarise(curves: List[List[float]]) -> Dict:
     """Mean ± sd over folds per epoch; the chosen epoch is the best mean (first of ties)."""
     epochs = min(len(c) for c in curves)
     scores = np.array([c[:epochs] for c in curves])
-    mean, sd = scores.mean(0), scores.std(0, ddof=1)
+    mean, sd = scores.mean(0), scores.std(0, ddof=1) if len(scores) > 1 else np.full(epochs, np.nan)
     best = int(np.argmax(mean))
     return {"epochs_run": epochs, "per_epoch_mean": mean.tolist(), "per_epoch_sd": sd.tolist(),
             "chosen_epochs": best + 1, "mean": float(mean[best]), "sd": float(sd[best]),
@@ -152,8 +168,10 @@ def summarise(curves: List[List[float]]) -> Dict:
 
 def table(result: Dict) -> str:
     g = result["grouping"]
+    partial = "" if len(result["folds_finished"]) == result["folds"] else \
+        f" - ONLY {len(result['folds_finished'])} of the folds finished ({result['folds_finished']})"
     return "\n".join([
-        f"{result['config']}: {result['folds']}-fold cross-validation on {g['images']} non-test images "
+        f"{result['config']}{partial}: {result['folds']}-fold cross-validation on {g['images']} non-test images "
         f"({g['groups']} groups within {g['distance_bits']} bits; {g['images_in_shared_groups']} images share a "
         f"group, the largest has {g['largest_group']})",
         f"chosen epochs {result['chosen_epochs']}: {100 * result['mean']:.2f} ± {100 * result['sd']:.2f} % "

@@ -5,6 +5,7 @@ checkpoint, early stop). Resumable from last.pt; best.pt is the model to use.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -39,6 +40,21 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def mixed_precision(device: torch.device) -> Optional[torch.autocast]:
+    """bf16 autocast for the forward pass on GPUs that have it (no loss scaling needed); None
+    (fp32) elsewhere: the CPU step variants are measured by `scrapsort train --benchmark`."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return None
+
+
+def where(device: torch.device, group: Group, autocast) -> str:
+    """What ran where, for the log: device, its name or threads, arithmetic, processes."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    processes = f", process {group.rank + 1} of {group.world}" if group.active else ""
+    return f"{device} ({name}, {'bf16 autocast' if autocast else 'fp32'}{processes})"
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +78,9 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
     run_dir = config.run_path
     cfg = config.train
     device = group.device(pick_device(cfg.device))
+    autocast = mixed_precision(device)
+    if group.main:
+        print(f"training on {where(device, group, autocast)}", flush=True)
 
     # Data: the manifest's splits, preprocessed by the shared edge code.
     manifest = Manifest.load(run_dir / MANIFEST_NAME)
@@ -127,7 +146,7 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
         size = cfg.low_res.size if epoch <= cfg.low_res.epochs and cfg.low_res.size else None
         train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device, optimizer,
                                                              f"epoch {epoch}/{cfg.epochs}", progress, ema, layout,
-                                                             size))
+                                                             size, autocast))
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                   "size": size or spec.input_size}
         if ema is not None and val_items:  # the raw weights' score too, so the average's effect shows
@@ -233,7 +252,8 @@ def _validate(model: nn.Module, loader, criterion, device: torch.device, progres
 
 def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: torch.device,
                optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
-               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format, size: Optional[int] = None):
+               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format, size: Optional[int] = None,
+               autocast: Optional[torch.autocast] = None):
     """One pass; returns this process's sums (weighted loss, weight, correct, seen). `size`:
     the batches scaled down to it first (train.low_res)."""
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
@@ -242,8 +262,9 @@ def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: tor
         if size is not None:
             inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
         inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
-        logits = model(inputs)
-        loss_sum, weight_sum = criterion.sums(logits, labels)
+        with autocast or contextlib.nullcontext():  # the forward pass only; backward follows its types
+            logits = model(inputs)
+            loss_sum, weight_sum = criterion.sums(logits.float(), labels)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             criterion.for_step(loss_sum, weight_sum).backward()

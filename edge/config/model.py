@@ -108,10 +108,13 @@ class ExportConfig(Section):
 
 class CalibrationConfig(Section):
     images: Int = Field(300, ge=1, description="from the train split, stratified; never test images")
-    # Tried in turn; the variant with the best validation accuracy (then agreement with FP32) is kept.
+    # Tried in turn on every non-test image calibration did not use; the variant that agrees best
+    # with FP32 (then the more accurate) is kept.
     methods: Tuple[CalibrationMethod, ...] = Field(("entropy", "percentile", "max"), min_length=1)
     percentile: Float = Field(99.999, gt=90, lt=100)
-    max_drop: Float = Field(0.005, ge=-1, le=1, description="INT8 may lose at most this much validation accuracy "
+    min_agreement: Float = Field(0.99, ge=0, le=1, description="INT8 must give FP32's answer on this share of the "
+                                                               "selection images ...")
+    max_drop: Float = Field(0.003, ge=-1, le=1, description="... and lose at most this much accuracy there "
                                                           "(< 0 always runs the layer scan) ...")
     max_float_layers: Int = Field(4, ge=0, description="... else up to this many most sensitive layers stay float")
     sensitivity_images: Int = Field(64, ge=1)
