@@ -30,7 +30,6 @@ from edge.line.inputs import Encoder, LineInputs, PhotoEye
 from edge.line.sources import EndOfStream, Frame, Source
 
 BELT_GREY = 70
-NOISE_FRAMES = 7       # pre-drawn noise images the frames cycle through
 
 
 @dataclass
@@ -78,10 +77,7 @@ class SimulatedConveyor(Source):
         last_ejector = max((e.position_mm for e in config.decision.ejectors), default=0.0)
         self.end_position = max((i.s_mm + i.length_mm for i in self.items), default=0.0) + last_ejector
         self.background = np.full((self.height, self.width, 3), BELT_GREY, np.uint8)
-        # Sensor noise, drawn once: drawing it for each frame cost half of the render (4 ms at
-        # 960x540) on the cores the line shares with the simulated camera.
-        self._noise = [cv2.randu(np.empty_like(self.background), (0, 0, 0), (6, 6, 6)) for _ in range(NOISE_FRAMES)]
-        self._last_noise = 0
+        self._noise = np.empty_like(self.background)
         self._render_s = 0.005   # how long drawing a frame takes (averaged)
         self.t0: Optional[float] = None
         self.seq = 0
@@ -193,9 +189,8 @@ class SimulatedConveyor(Source):
         return Frame(frame, exposure, self.seq, encoder=int(self.belt_mm(exposure) / self.config.line.mm_per_count))
 
     def render(self, now: float) -> np.ndarray:
-        # Never the previous frame's noise: no two frames alike (a repeat reads as a frozen camera).
-        self._last_noise = (self._last_noise + int(self.rng.integers(1, NOISE_FRAMES))) % NOISE_FRAMES
-        frame = cv2.add(self.background, self._noise[self._last_noise])
+        frame = self.background.copy()
+        cv2.add(frame, cv2.randu(self._noise, (0, 0, 0), (6, 6, 6)), dst=frame)  # sensor noise: no two frames alike
         for item in self.items:
             h, w = item.image.shape[:2]
             left = int(round(self.width / 2 + self.world_x(item, now) / self.mm_per_px - w / 2))
