@@ -134,9 +134,10 @@ def _ranges(work: Path, method: str, form: str) -> Path:
 
 def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
     """Quantizable layers ordered by how much agreement with FP32 drops when each is the only
-    one quantized (on the first `images` of the selection set); layers that cost nothing are
-    left out."""
-    subset = manifest.subset(manifest.split("val")[:images])
+    one quantized (on `images` of the selection set, spread over it); layers that cost nothing
+    are left out."""
+    pool = manifest.split("val")
+    subset = manifest.subset(pool[::max(1, len(pool) // images)][:images])  # spread over the classes
     reference = predict_split(model, subset, "val", progress=False)[0].argmax(1)
     nodes = quantizable_nodes(model)
     agreement = {}
