@@ -89,9 +89,10 @@ def grouping_rule(config: Config, distances: Sequence[int], progress: bool = Tru
     """What each candidate distance would group, with the test split's near-duplicates
     (`scrapsort cv --grouping`): the measurement behind GROUP_DISTANCE."""
     manifest = Manifest.load(config.run_path / MANIFEST_NAME)
+    pool, hashes, _ = grouped_pool(manifest, config.run_path, 0, progress)  # hashed once, grouped per distance
     rows = []
     for distance in distances:
-        pool, hashes, groups = grouped_pool(manifest, config.run_path, distance, progress)
+        groups = near_duplicate_groups([hashes[i.sha256] for i in pool], distance)
         rows.append({**grouping_report(groups, distance),
                      "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
     return rows
@@ -122,11 +123,11 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
     # Every fold runs every epoch: the epoch count is chosen on the mean curve, not per fold.
     recipe = config.replace(train=config.train.replace(early_stop_patience=config.train.epochs + 1))
     curves, finished = [], []
+    pooled = {id(item) for item in pool}
     for fold in range(folds):
         fold_dir = out / f"fold{fold}"
         if not _finished(fold_dir, recipe.train.epochs) and (only is None or fold in only):
             held = {id(item) for item, f in zip(pool, fold_of) if f == fold}
-            pooled = {id(item) for item in pool}
             items = [replace(item, split="val" if id(item) in held else "train") if id(item) in pooled else item
                      for item in manifest.items]
             manifest.subset(items).save(fold_dir / MANIFEST_NAME)
