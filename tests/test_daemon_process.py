@@ -86,7 +86,10 @@ def test_sigkill_keeps_audit_db_consistent(tmp_path, trained_run):
         time.sleep(0.2)
         if db_path.exists():
             with sqlite3.connect(str(db_path), timeout=5) as db:
-                committed = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+                try:
+                    committed = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+                except sqlite3.OperationalError:  # the file is there, its schema not yet
+                    continue
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert committed >= 5, proc.stdout.read()
