@@ -123,7 +123,7 @@ def test_resnet18_from_scratch_trains_and_exports(tmp_path, dataset, caplog):
 def test_backbone_learns_slower_than_head_when_asked():
     from edge.config import ModelConfig
     from train.models import build_model, head
-    from train.train import param_groups
+    from train.recipe import param_groups
 
     model = build_model(ModelConfig(input_size=64), 6, load_weights=False)
     groups = param_groups(model, "efficientnet_lite0", 1e-3, 0.1)

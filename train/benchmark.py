@@ -25,7 +25,7 @@ from edge.vision.preprocess import Preprocessor, PreprocessSpec
 from train.data import Augment, ManifestDataset, cache_resized, make_loader
 from train.distributed import Group, ShardedShuffle
 from train.models import build_model, freeze_stages, set_train_mode
-from train.train import param_groups
+from train.recipe import param_groups
 
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}  # CPUs on which bf16 matmuls run natively
 PLAIN = "fp32, NCHW, eager"  # no speed-up: every ratio is against this

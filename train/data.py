@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class Augment:
-    """Flips, rotation, translation, scale and colour jitter on a uint8 CHW tensor.
+    """Flips, rotation, translation, scale and colour jitter on a uint8 CHW tensor, then the
+    configured automatic policy (TrivialAugment or RandAugment), if any.
 
     Corners uncovered by rotation/translation are filled with the image's own border colour
     (the belt or backdrop), not black, so the model learns nothing from fill artefacts.
@@ -46,7 +47,12 @@ class Augment:
         shift = [int(torch.empty(()).uniform_(-self.cfg.translate, self.cfg.translate) * self.size) for _ in range(2)]
         scale = float(torch.empty(()).uniform_(1 - self.cfg.scale, 1 + self.cfg.scale))
         image = F.affine(image, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0], fill=fill)
-        return self.color(image)
+        image = self.color(image)
+        if self.cfg.policy == "trivial":
+            return v2.TrivialAugmentWide(fill=fill)(image)
+        if self.cfg.policy == "randaugment":
+            return v2.RandAugment(num_ops=2, magnitude=9, fill=fill)(image)
+        return image
 
 
 class ManifestDataset(Dataset):

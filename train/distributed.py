@@ -104,8 +104,21 @@ class GlobalBatchLoss:
 
     def sums(self, logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """This shard's weighted loss sum and weight sum (their ratio over all shards is the mean)."""
-        weights = self.weight[labels] if self.weight is not None else torch.ones_like(labels, dtype=logits.dtype)
-        return self.per_item(logits, labels).sum(), weights.sum()
+        losses, weights = self.items(logits, labels)
+        return losses.sum(), weights.sum()
+
+    def items(self, logits: torch.Tensor, labels: torch.Tensor, mix=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Each item's weighted loss and weight. A mixed batch (train.recipe.Mix) scores each
+        blend against both its labels, in the blend's proportion, and weighs it the same way."""
+        losses, weights = self.per_item(logits, labels), self._weights(labels, logits.dtype)
+        if mix is None:
+            return losses, weights
+        other = self.per_item(logits, mix.labels), self._weights(mix.labels, logits.dtype)
+        return (mix.weight * losses + (1 - mix.weight) * other[0],
+                mix.weight * weights + (1 - mix.weight) * other[1])
+
+    def _weights(self, labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight[labels] if self.weight is not None else torch.ones_like(labels, dtype=dtype)
 
     def for_step(self, loss_sum: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
         """What to call backward() on: the same number on every process count."""

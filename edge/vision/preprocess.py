@@ -21,7 +21,8 @@ NORMALISATIONS: Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]] = {
     "tf_lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
 }
-BACKBONE_NORMALISATION = {"efficientnet_lite0": "tf_lite", "resnet18": "imagenet"}
+BACKBONE_NORMALISATION = {"efficientnet_lite0": "tf_lite", "efficientnet_lite1": "tf_lite",
+                          "efficientnet_lite2": "tf_lite", "resnet18": "imagenet"}
 METADATA_KEY = "scrapsort.preprocess"
 
 
