@@ -6,7 +6,9 @@ the calibration did not use (train and val: thousands of images, not the ~200 of
 count as well). Each calibration method is tried with every layer quantized and, where that
 agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
 accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
-first. The variant that agrees best with FP32 is kept as model_int8.onnx (TensorRT's form);
+first. Where none of them meets the bound, the model is fine-tuned with INT8 simulated
+(calibration/qat.py, calibration.qat) and its weights quantized the same ways. The variant
+that agrees best with the FP32 model.onnx is kept as model_int8.onnx (TensorRT's form);
 model_int8_cpu.onnx is the same calibration in ONNX Runtime's fast x86 form, with the same
 layers in float. The test split is never looked at here, so the test numbers of `evaluate
 --precisions` stay honest.
@@ -25,17 +27,19 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
 from calibration.fp16 import convert_fp16
+from calibration.qat import quantization_aware_finetune
 from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
 from calibration.trt_cache import write_cache
 from edge.vision.backends import open_backend
 from edge.config import Config
 from edge.vision.preprocess import PreprocessSpec
+from train.checkpoint import BEST
 from train.evaluate import predict_split
 from train.onnx_meta import input_name, stamp
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 
 FP16_NAME, INT8_NAME, CACHE_NAME = "model_fp16.onnx", "model_int8.onnx", "calibration.cache"
-INT8_CPU_NAME = "model_int8_cpu.onnx"
+INT8_CPU_NAME, QAT_NAME = "model_int8_cpu.onnx", "model_qat.onnx"
 FORM_PRECISIONS = {"tensorrt": "int8", "cpu": "int8-cpu"}  # quantize_int8 form -> model metadata precision
 REPORT_NAME = "calibration_report.json"
 
@@ -70,23 +74,26 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         return variant["agreement"] >= cfg.min_agreement and variant["accuracy"] >= fp32_acc - cfg.max_drop
     metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
 
-    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = selection):
-        """Quantize in one form and return (file, its logits on `on`'s images)."""
+    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = selection,
+              model: Path = source):
+        """Quantize `model` in one form and return (file, its logits on `on`'s images)."""
         out = work / f"{name}.onnx"
-        quantize_int8(source, out, reader, method, _ranges(work, method, form), exclude, cfg.percentile, form)
+        quantize_int8(model, out, reader, method, _ranges(work, method, form, model), exclude, cfg.percentile, form)
         stamp(out, metadata[form])
         return out, predict_split(out, on, "val", progress=False)[0]
 
-    def scored(name: str, method: str, float_layers, form: str = "tensorrt") -> Dict:
-        out, logits = trial(name, method, float_layers, form)
-        variant = _score(name, method, float_layers, out, logits, reference, labels)
+    def scored(name: str, method: str, float_layers, form: str = "tensorrt", model: Path = source,
+               fresh: bool = False) -> Dict:
+        if fresh:  # ranges belong to this model and set only: measured anew on each run
+            _ranges(work, method, form, model).unlink(missing_ok=True)
+        out, logits = trial(name, method, float_layers, form, model=model)
+        variant = {**_score(name, method, float_layers, out, logits, reference, labels), "source": str(model)}
         _print(variant)
         return variant
 
     variants, ranking = [], None
     for method in cfg.methods:
-        _ranges(work, method, "tensorrt").unlink(missing_ok=True)  # ranges belong to this model and set only
-        variants.append(scored(f"int8-{method}", method, []))
+        variants.append(scored(f"int8-{method}", method, [], fresh=True))
         if cfg.max_float_layers and not good_enough(variants[-1]):
             if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
                 ranking = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
@@ -94,27 +101,33 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
                 variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
                 if good_enough(variants[-1]):
                     break
+    qat = None
+    if cfg.qat.epochs and not good_enough(_best(variants)):  # post-training quantization missed the bound
+        qat = _prepared(quantization_aware_finetune(config, run_dir / BEST, manifest, files, work / QAT_NAME,
+                                                    info.to_metadata(), progress), work / "model_qat_prepared.onnx")
+        variants += [scored(f"qat-int8-{method}", method, [], model=qat, fresh=True) for method in cfg.methods]
     best = _best(variants)
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
 
-    # ONNX Runtime's x86 form with the same layers in float; each method is tried again, since
-    # asymmetric ranges differ from the symmetric ones.
-    cpu_variants = []
-    for method in cfg.methods:
-        _ranges(work, method, "cpu").unlink(missing_ok=True)
-        cpu_variants.append(scored(f"int8-cpu-{method}", method, best["float_layers"], "cpu"))
+    # ONNX Runtime's x86 form of the same model with the same layers in float; each method is
+    # tried again, since asymmetric ranges differ from the symmetric ones.
+    cpu_variants = [scored(f"int8-cpu-{method}", method, best["float_layers"], "cpu", Path(best["source"]), True)
+                    for method in cfg.methods]
     cpu_best = _best(cpu_variants)
     shutil.copyfile(cpu_best["path"], run_dir / INT8_CPU_NAME)
     cpu_int8 = {**cpu_best, "path": str(run_dir / INT8_CPU_NAME), "variants": cpu_variants}
 
-    tensors = load_tensors_data(_ranges(work, best["method"], "tensorrt")).data
+    # The legacy cache goes with model.onnx (implicit INT8 builds from it), so it holds the best
+    # post-training ranges of that model even where the fine-tuned one was kept for Q/DQ.
+    cached = _best([v for v in variants if v["source"] == str(source)])
+    tensors = load_tensors_data(_ranges(work, cached["method"], "tensorrt", source)).data
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
               "selection_images": len(labels), "fp32_accuracy": fp32_acc, "sensitivity_ranking": ranking,
-              "chosen_good_enough": good_enough(best),
+              "chosen_good_enough": good_enough(best), "qat_model": str(work / QAT_NAME) if qat else None,
               "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
-              "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written}
+              "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written, "trt_cache_from": cached["name"]}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     return report
 
@@ -127,9 +140,11 @@ def _prepared(fp32: Path, out: Path) -> Path:
     return out
 
 
-def _ranges(work: Path, method: str, form: str) -> Path:
-    """Cached activation ranges: symmetric for TensorRT's form, asymmetric for the CPU form."""
-    return work / (f"ranges-{method}.json" if form == "tensorrt" else f"ranges-{method}-asymmetric.json")
+def _ranges(work: Path, method: str, form: str, model: Path) -> Path:
+    """Cached activation ranges of one model: symmetric for TensorRT's form, asymmetric for the
+    CPU form."""
+    prefix = "qat-" if model.name.startswith("model_qat") else ""
+    return work / f"{prefix}ranges-{method}{'' if form == 'tensorrt' else '-asymmetric'}.json"
 
 
 def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:

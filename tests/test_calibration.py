@@ -74,7 +74,8 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     ranking = report["sensitivity_ranking"]
     floats = min(2, len(ranking))  # max_drop < 0 forces the search through max_float_layers
     assert names == ["int8-max"] + [f"int8-max-float-{k}" for k in range(1, floats + 1)] + \
-        ["int8-entropy"] + [f"int8-entropy-float-{k}" for k in range(1, floats + 1)]
+        ["int8-entropy"] + [f"int8-entropy-float-{k}" for k in range(1, floats + 1)] + \
+        ["qat-int8-max", "qat-int8-entropy"]  # none met the bound, so the fine-tuned model was tried
     for variant in report["variants"]:
         count = int(variant["name"].rsplit("-", 1)[1]) if "float" in variant["name"] else 0
         assert variant["float_layers"] == ranking[:count]
@@ -184,3 +185,21 @@ def test_tensorrt_form_runs_unfused_only_where_kernels_saturate(calibrated, monk
         assert int8.unfused_int8 is unfused
         assert cpu.unfused_int8 is False  # the CPU form never needs it
         assert cpu.session.get_session_options().graph_optimization_level != ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+
+
+def test_quantization_aware_variant_is_a_qdq_model_of_the_fine_tuned_weights(calibrated):
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    qat = [v for v in report["variants"] if v["name"].startswith("qat-")]
+    assert report["qat_model"] and {v["source"] for v in qat} == {str(run / "calibration" / "model_qat_prepared.onnx")}
+    fine_tuned = onnx.load(report["qat_model"])
+    original = onnx.load(str(run / "model.onnx"))
+    assert {p.key: p.value for p in fine_tuned.metadata_props}["scrapsort.classes"] == \
+        {p.key: p.value for p in original.metadata_props}["scrapsort.classes"]
+    changed = [a.name for a, b in zip(original.graph.initializer, fine_tuned.graph.initializer)
+               if not np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))]
+    assert changed  # the weights moved
+    ops = {n.op_type for n in onnx.load(qat[0]["path"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # The legacy cache goes with model.onnx: it comes from a post-training variant of it.
+    assert not report["trt_cache_from"].startswith("qat-")

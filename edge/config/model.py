@@ -129,6 +129,16 @@ class ExportConfig(Section):
     parity_tolerance: Float = Field(1e-4, gt=0)
 
 
+class QatConfig(Section):
+    """Quantization-aware fine-tuning (calibration/qat.py), run only when no post-training
+    variant meets min_agreement and max_drop: simulated INT8, learning FP32's answers on the
+    calibration images."""
+    epochs: Int = Field(3, ge=0, description="passes over the calibration images; 0: never")
+    lr: Float = Field(1e-5, gt=0, le=1)
+    batch_size: Int = Field(32, ge=1)
+    percentile: Float = Field(99.99, gt=90, le=100, description="of |input| per layer: the simulated INT8 range")
+
+
 class CalibrationConfig(Section):
     images: Int = Field(300, ge=1, description="from the train split, stratified; never test images")
     # Tried in turn on every non-test image calibration did not use; the variant that agrees best
@@ -140,6 +150,7 @@ class CalibrationConfig(Section):
     max_drop: Float = Field(0.003, ge=-1, le=1, description="... and lose at most this much accuracy there "
                                                           "(< 0 always runs the layer scan) ...")
     max_float_layers: Int = Field(4, ge=0, description="... else up to this many most sensitive layers stay float")
+    qat: QatConfig = QatConfig()
     sensitivity_images: Int = Field(64, ge=1)
     seed: Int = 42
     trt_cache_version: Str = Field("8.5.2", description="TensorRT version in the legacy calibration cache header")
