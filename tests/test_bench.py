@@ -22,13 +22,16 @@ def test_bench_measures_every_model_present_and_the_daemon(trained_run, tmp_path
     test_images = len(Manifest.load(out / "manifest.json").split("test"))
     result = json.loads((out / "bench" / "bench.json").read_text())
     rows = {(r["backend"], r["precision"]): r for r in result["models"]}
-    assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")}  # CPU: the one provider here
+    flipped = ("ONNX Runtime (CPU), flip-averaged", "fp32")  # runtime.flip_average's cost and gain
+    assert set(rows) == {("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32"), flipped}  # CPU: one provider here
     assert rows[("ONNX Runtime (CPU)", "fp32")]["runs_on"] == "CPUExecutionProvider"
     for row in rows.values():
         assert row["latency_ms"]["n"] == 5 and row["latency_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_n"] == test_images
     torch_p50, ort_p50 = (rows[k]["latency_ms"]["p50"] for k in (("PyTorch eager", "fp32"), ("ONNX Runtime (CPU)", "fp32")))
     assert rows[("PyTorch eager", "fp32")]["speedup_vs_ort_fp32"] == pytest.approx(ort_p50 / torch_p50)
+    assert rows[flipped]["speedup_vs_ort_fp32"] == pytest.approx(ort_p50 / rows[flipped]["latency_ms"]["p50"])
+    assert result["daemon"]["bare_inference_p50_ms"] == ort_p50  # the line runs unflipped: its bare row
     assert result["daemon"]["model"] == str(out / "model.onnx")
     assert (out / "bench" / "line" / "audit.db").is_file() and not (out / "audit.db").exists()
     # the belt carries the run's test split, not the 48-image dataset folder

@@ -190,6 +190,9 @@ class RuntimeConfig(Section):
         "during_run", description="how ONNX Runtime's threads wait for work: off (sleep), during_run (busy-wait inside "
                            "a run, sleep between runs) or always (also for a while after each run, taking the "
                            "CPU from the camera thread); true/false mean always/off")
+    flip_average: Bool = Field(False, description="classify each item as seen and mirrored, and average the two "
+                                                 "answers: a second inference per item (`scrapsort bench` measures "
+                                                 "its accuracy and latency)")
     allow_root: Bool = Field(False, description="the daemon refuses root unless this is set deliberately")
 
     @model_validator(mode="after")

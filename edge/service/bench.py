@@ -47,7 +47,7 @@ def onnx_providers(available: List[str]) -> List[str]:
 
 
 def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optional[str], run_dir: str,
-                  provider: Optional[str] = None) -> Dict:
+                  provider: Optional[str] = None, flip_average: bool = False) -> Dict:
     """Runs inside the child process: load, warm up, time `infer()`, optionally score a split."""
     import cv2
 
@@ -55,7 +55,7 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
     from edge.vision.preprocess import Preprocessor
 
     started = time.perf_counter()
-    backend = open_backend(path, **({"providers": [provider]} if provider else {}))
+    backend = open_backend(path, flip_average=flip_average, **({"providers": [provider]} if provider else {}))
     load_s = time.perf_counter() - started
     pre = Preprocessor(backend.info.preprocess)
     image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
@@ -72,7 +72,7 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     backend.close()
     if accuracy_split:
-        result.update(_accuracy(path, run_dir, accuracy_split, provider))
+        result.update(_accuracy(path, run_dir, accuracy_split, provider, flip_average))
     return result
 
 
@@ -109,13 +109,14 @@ def measure_spinning(path: str, cycles: int, idle_s: float) -> Dict:
                "cpu_ms_per_cycle": 1000 * float(np.median(cpu[mode]))} for mode in SPINNING}}
 
 
-def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = None) -> Dict:
+def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = None,
+              flip_average: bool = False) -> Dict:
     from edge.vision.dataset import MANIFEST_NAME, Manifest, predict_split
 
     manifest_path = Path(run_dir) / MANIFEST_NAME
     if not manifest_path.is_file():
         return {}
-    options = {"providers": [provider]} if provider else {}
+    options = {"providers": [provider], "flip_average": flip_average} if provider else {"flip_average": flip_average}
     logits, labels, _ = predict_split(Path(path), Manifest.load(manifest_path), split, **options)
     return {"accuracy": float(np.mean(logits.argmax(1) == np.asarray(labels))), "accuracy_n": len(labels)}
 
@@ -171,11 +172,17 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
             print(f"measuring {row_label} {precision} ({path}) ...", flush=True)
             result = _child(path, iterations, warmup, "test" if accuracy else None, run_dir, provider)
             rows.append({"backend": row_label, "precision": precision, "model": str(path), **result})
+    if (run_dir / "model.onnx").is_file():  # runtime.flip_average's cost and gain, on the CPU
+        print("measuring ONNX Runtime (CPU) fp32 flip-averaged ...", flush=True)
+        result = _child(run_dir / "model.onnx", iterations, warmup, "test" if accuracy else None, run_dir,
+                        "CPUExecutionProvider", flip_average=True)
+        rows.append({"backend": f"ONNX Runtime ({PROVIDERS['CPUExecutionProvider']}), flip-averaged",
+                     "precision": "fp32", "model": str(run_dir / "model.onnx"), **result})
     result = {"machine": machine(), "iterations": iterations, "warmup": warmup, "models": rows,
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     if daemon_items:
         result["daemon"] = _daemon_latency(config, daemon_items)
-        _line_cost(result)
+        _line_cost(result, config.runtime.flip_average)
         if model_path(config).suffix == ".onnx":
             print("measuring ONNX Runtime's spinning modes ...", flush=True)
             result["spinning"] = _in_child("measure_spinning", [str(model_path(config)), iterations // 2,
@@ -196,8 +203,8 @@ def _available_providers() -> List[str]:
 
 
 def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path,
-           provider: Optional[str] = None) -> Dict:
-    return _in_child("measure_model", [str(path), iterations, warmup, split, str(run_dir), provider])
+           provider: Optional[str] = None, flip_average: bool = False) -> Dict:
+    return _in_child("measure_model", [str(path), iterations, warmup, split, str(run_dir), provider, flip_average])
 
 
 def _in_child(function: str, arguments: List) -> Dict:
@@ -235,12 +242,13 @@ def _daemon_latency(config: Config, items: int) -> Dict:
             "overhead_ms_p50": stages["capture_to_decision"]["p50"] - stages["inference"]["p50"]}
 
 
-def _line_cost(result: Dict) -> None:
+def _line_cost(result: Dict, flip_average: bool = False) -> None:
     """The line's own cost: its capture-to-decision p50 over the bare inference p50 of the same
-    model file, measured in this run (the first row that ran it)."""
+    model file run the same way (flip-averaged or not), measured in this run (the first such row)."""
     daemon = result["daemon"]
     bare = next((r for r in result["models"] if "latency_ms" in r and
-                 Path(r["model"]).resolve() == Path(daemon["model"]).resolve()), None)
+                 Path(r["model"]).resolve() == Path(daemon["model"]).resolve() and
+                 r["backend"].endswith("flip-averaged") == flip_average), None)
     if bare is not None:
         daemon["bare_inference_p50_ms"] = bare["latency_ms"]["p50"]
         daemon["line_cost_ratio"] = daemon["latency_ms"]["capture_to_decision"]["p50"] / bare["latency_ms"]["p50"]

@@ -82,9 +82,9 @@ def canary_images(config: Config) -> List[Tuple[Path, str]]:
     return found[:cfg.canary_images]
 
 
-def _answers(path: Path, images: List[Tuple[Path, np.ndarray]]) -> List[Optional[int]]:
+def _answers(path: Path, images: List[Tuple[Path, np.ndarray]], flip_average: bool) -> List[Optional[int]]:
     """Top-1 index per image from a single-threaded instance; None where the output is not finite."""
-    with open_side_instance(path) as backend:
+    with open_side_instance(path, flip_average) as backend:
         classifier = Classifier(backend)
         answers = []
         for _, image in images:
@@ -103,7 +103,8 @@ def run_canary(config: Config, candidate: Path, running: Path) -> Dict:
             log.warning("canary image skipped: %s", exc)
     if not images:
         return {"images": 0}
-    new, old = _answers(candidate, images), _answers(running, images)
+    flip = config.runtime.flip_average
+    new, old = _answers(candidate, images, flip), _answers(running, images, flip)
     result = {"images": len(images),
               "agreement": float(np.mean([a is not None and a == b for a, b in zip(new, old)])),
               "accuracy": float(np.mean([a == y for a, y in zip(new, labels)])),

@@ -27,7 +27,7 @@ class ShadowModel(threading.Thread):
     def __init__(self, config: Config, telemetry, audit, line_idle: Callable[[float], None]):
         super().__init__(name="shadow", daemon=True)
         path = Path(config.models.shadow)
-        self.backend = open_side_instance(path)
+        self.backend = open_side_instance(path, config.runtime.flip_average)
         if list(self.backend.info.classes) != list(config.classes):
             classes = list(self.backend.info.classes)
             self.backend.close()

@@ -90,7 +90,7 @@ class OperatorWeb:
         """A model instance of the page's own, with one inference thread."""
         from edge.vision.backends import open_side_instance
 
-        return open_side_instance(self.sorter.model.path)
+        return open_side_instance(self.sorter.model.path, self.config.runtime.flip_average)
 
     @contextlib.contextmanager
     def _page_classifier(self):

@@ -88,12 +88,13 @@ def open_model(config: Config) -> Backend:
 
 
 def runtime_options(config: Config, path: Path) -> Dict:
-    """How the line opens a model file: ONNX Runtime's providers and threads from `runtime`."""
+    """How the line opens a model file: ONNX Runtime's providers and threads from `runtime`, and
+    flip averaging for any backend."""
     runtime = config.runtime
     if path.suffix != ".onnx":
-        return {}
+        return {"flip_average": runtime.flip_average}
     return {"providers": [(p.name, dict(p.options)) for p in runtime.providers], "threads": runtime.threads,
-            "spinning": runtime.spinning}
+            "spinning": runtime.spinning, "flip_average": runtime.flip_average}
 
 
 def model_path(config: Config) -> Path:

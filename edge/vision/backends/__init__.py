@@ -11,8 +11,18 @@ from edge.errors import ModelError
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".ts": "torch"}
 
 
-def open_backend(path, kind: Optional[str] = None, **options) -> Backend:
-    path = Path(path)
+def open_backend(path, kind: Optional[str] = None, flip_average: bool = False, **options) -> Backend:
+    """The backend for `path` (by suffix, or `kind`); with flip_average, wrapped to average each
+    input's answer with its mirror image's (edge.vision.backends.flip)."""
+    backend = _open(Path(path), kind, **options)
+    if flip_average:
+        from edge.vision.backends.flip import FlipAveraged
+
+        return FlipAveraged(backend)
+    return backend
+
+
+def _open(path: Path, kind: Optional[str], **options) -> Backend:
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (train and export one, or fix the path)")
     kind = kind or SUFFIXES.get(path.suffix.lower())
@@ -29,12 +39,12 @@ def open_backend(path, kind: Optional[str] = None, **options) -> Backend:
     raise ModelError(f"{path}: unknown model type '{path.suffix}' (use .onnx, .engine/.plan, .pt or .ts)")
 
 
-def open_side_instance(path) -> Backend:
+def open_side_instance(path, flip_average: bool = False) -> Backend:
     """A second instance of a model beside the line's (the operator page, a canary, a shadow
     model): one inference thread where the runtime has the setting, so it leaves the cores to
-    the sorting loop's instance."""
+    the sorting loop's instance; flip-averaged where the line is, so its answers compare."""
     path = Path(path)
-    return open_backend(path, **({"threads": 1} if path.suffix == ".onnx" else {}))
+    return open_backend(path, flip_average=flip_average, **({"threads": 1} if path.suffix == ".onnx" else {}))
 
 
 __all__ = ["Backend", "ModelInfo", "open_backend", "open_side_instance"]
