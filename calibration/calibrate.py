@@ -101,11 +101,15 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
                 variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
                 if good_enough(variants[-1]):
                     break
-    qat = None
-    if cfg.qat.epochs and not good_enough(_best(variants)):  # post-training quantization missed the bound
+    qat, post_training = None, _best(variants)
+    if cfg.qat.epochs and not good_enough(post_training):  # post-training quantization missed the bound
         qat = _prepared(quantization_aware_finetune(config, run_dir / BEST, manifest, files, work / QAT_NAME,
                                                     info.to_metadata(), progress), work / "model_qat_prepared.onnx")
-        variants += [scored(f"qat-int8-{method}", method, [], model=qat, fresh=True) for method in cfg.methods]
+        floats = post_training["float_layers"]  # the fine-tuned model also with those layers in float
+        for method in cfg.methods:
+            variants.append(scored(f"qat-int8-{method}", method, [], model=qat, fresh=True))
+            if floats:
+                variants.append(scored(f"qat-int8-{method}-float-{len(floats)}", method, floats, model=qat))
     best = _best(variants)
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
 
