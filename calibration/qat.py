@@ -108,18 +108,31 @@ def quantization_aware_finetune(config: Config, checkpoint: Path, manifest: Mani
     torch.manual_seed(config.calibration.seed)
     reference, ckpt = model_from_checkpoint(checkpoint)
     spec = ckpt["preprocess_spec"]
+    items = _calibration_items(manifest, files)
+    still = ManifestDataset(manifest, items, Preprocessor(spec))
+    student = copy.deepcopy(reference)
+    hooks = fake_quantize(student, input_ranges(student, torch.stack([still[i][0] for i in range(len(still))]),
+                                                cfg.percentile))
+    augmented = ManifestDataset(manifest, items, Preprocessor(spec), Augment(config.train.augment, spec.input_size))
+    _learn_answers(student, reference, make_loader(augmented, min(cfg.batch_size, len(items)), 0,
+                                                   config.calibration.seed), cfg, progress)
+    model = plain(student, hooks).eval()
+    export_onnx(model, torch.zeros(1, 3, spec.input_size, spec.input_size), out, config.export.opset, False, metadata)
+    return out
+
+
+def _calibration_items(manifest: Manifest, files: List[Path]):
     wanted = {str(Path(f)) for f in files}
     items = [i for i in manifest.items if str(manifest.absolute(i)) in wanted and i.split != "test"]
     if not items:
         raise ModelError("none of the calibration images is a train or val image of the manifest; "
                          "quantization-aware fine-tuning learns from them (run `scrapsort calibrate` "
                          "without --set, or set calibration.qat.epochs: 0)")
-    dataset = ManifestDataset(manifest, items, Preprocessor(spec), Augment(config.train.augment, spec.input_size))
-    loader = make_loader(dataset, min(cfg.batch_size, len(items)), 0, config.calibration.seed)
+    return items
 
-    student = copy.deepcopy(reference)
-    still = torch.stack([ManifestDataset(manifest, items, Preprocessor(spec))[i][0] for i in range(len(items))])
-    hooks = fake_quantize(student, input_ranges(student, still, cfg.percentile))
+
+def _learn_answers(student: nn.Module, reference: nn.Module, loader, cfg, progress: bool) -> None:
+    """Adam on every weight towards the reference's answers (KL divergence)."""
     for param in student.parameters():
         param.requires_grad = True
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -138,7 +151,3 @@ def quantization_aware_finetune(config: Config, checkpoint: Path, manifest: Mani
         if progress:
             print(f"quantization-aware epoch {epoch}/{cfg.epochs}: divergence from FP32 {total / seen:.4f}",
                   flush=True)
-    model = plain(student, hooks).eval()
-    dummy = torch.zeros(1, 3, spec.input_size, spec.input_size)
-    export_onnx(model, dummy, out, config.export.opset, False, metadata)
-    return out

@@ -207,3 +207,22 @@ def test_quantization_aware_variant_is_a_qdq_model_of_the_fine_tuned_weights(cal
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # The legacy cache goes with model.onnx: it comes from a post-training variant of it.
     assert not report["trt_cache_from"].startswith("qat-")
+
+
+def test_no_fine_tuning_for_a_model_that_is_not_the_runs_own(trained_run, tmp_path, capsys):
+    """Quantization-aware fine-tuning starts from the run's best.pt: for another ONNX file
+    it would quantize a different model's weights, so it is skipped with the reason."""
+    import shutil
+
+    from tests.conftest import write_config
+
+    _, run = trained_run
+    shutil.copytree(run, tmp_path / "out")
+    other = tmp_path / "other.onnx"
+    shutil.copyfile(run / "model.onnx", other)
+    path = write_config(tmp_path / "c.yaml", run.parent / "data", tmp_path / "out",
+                        calibration={"images": 12, "methods": ["max"], "max_drop": -1.0, "max_float_layers": 0})
+    assert main(["calibrate", "--config", str(path), "--model", str(other)]) == 0
+    assert "no quantization-aware fine-tuning" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "calibration_report.json").read_text())
+    assert report["qat_model"] is None and [v["name"] for v in report["variants"]] == ["int8-max"]
