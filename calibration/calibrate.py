@@ -107,7 +107,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     if cfg.qat.epochs and not good_enough(post_training) and not own_model:
         print(f"no quantization-aware fine-tuning: it starts from {run_dir / BEST}, and {fp32} is not that "
               f"run's model.onnx", flush=True)
-    if cfg.qat.epochs and not good_enough(post_training) and own_model:  # post-training INT8 missed the bound
+    elif cfg.qat.epochs and not good_enough(post_training):  # post-training INT8 missed the bound
         qat = _prepared(quantization_aware_finetune(config, run_dir / BEST, manifest, files, work / QAT_NAME,
                                                     info.to_metadata(), progress), work / "model_qat_prepared.onnx")
         floats = post_training["float_layers"]  # the fine-tuned model also with those layers in float

@@ -268,7 +268,7 @@ def _run_epoch(model: nn.Module, loader, criterion: GlobalBatchLoss, device: tor
         if step is not None and step.size is not None:
             inputs = nn.functional.interpolate(inputs, size=(step.size, step.size), mode="bilinear", antialias=True)
         inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
-        inputs, mix = step.mixer(inputs, labels) if step is not None and step.mixer else (inputs, None)
+        inputs, mix = step.mixer(inputs, labels) if step is not None and step.mixer is not None else (inputs, None)
         with (step and step.autocast) or contextlib.nullcontext():  # the forward only; backward follows its types
             logits = model(inputs)
             losses, weights = criterion.items(logits.float(), labels, mix)

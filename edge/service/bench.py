@@ -116,7 +116,7 @@ def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = Non
     manifest_path = Path(run_dir) / MANIFEST_NAME
     if not manifest_path.is_file():
         return {}
-    options = {"providers": [provider], "flip_average": flip_average} if provider else {"flip_average": flip_average}
+    options = {"flip_average": flip_average, **({"providers": [provider]} if provider else {})}
     logits, labels, _ = predict_split(Path(path), Manifest.load(manifest_path), split, **options)
     return {"accuracy": float(np.mean(logits.argmax(1) == np.asarray(labels))), "accuracy_n": len(labels)}
 
