@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -207,6 +208,20 @@ def wait_for(predicate, timeout=10.0, step=0.05):
             return True
         time.sleep(step)
     return False
+
+
+def audit_rows(db_path, sql):
+    """Rows of a running daemon's audit database; none while its file or schema is not there
+    yet (SQLite creates the file a moment before the daemon's CREATE TABLE)."""
+    if not db_path.exists():
+        return []
+    with sqlite3.connect(str(db_path), timeout=5) as db:
+        try:
+            return db.execute(sql).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []
+            raise
 
 
 TOKEN = "s3cret-token"

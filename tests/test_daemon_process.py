@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.service.sorter import Sorter
 from edge.line.simulator import SimulatedConveyor
-from tests.conftest import free_port, line_config, running, simulated_sorter
+from tests.conftest import audit_rows, free_port, line_config, running, simulated_sorter
 
 
 def write_video(path, config, seconds=4.0):
@@ -84,12 +84,7 @@ def test_sigkill_keeps_audit_db_consistent(tmp_path, trained_run):
     deadline = time.monotonic() + 60
     while committed < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
-        if db_path.exists():
-            with sqlite3.connect(str(db_path), timeout=5) as db:
-                try:
-                    committed = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
-                except sqlite3.OperationalError:  # the file is there, its schema not yet
-                    continue
+        committed = len(audit_rows(db_path, "SELECT id FROM decisions"))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert committed >= 5, proc.stdout.read()

@@ -215,7 +215,7 @@ def test_sighup_loads_the_configured_model_and_a_broken_config_changes_nothing(t
     import yaml
 
     from tests.test_daemon_process import start_daemon
-    from tests.conftest import wait_for
+    from tests.conftest import audit_rows, wait_for
 
     _, run = trained_run
     v2 = stamped_copy(run / "model.onnx", tmp_path / "v2.onnx", **{"scrapsort.version": "v2"})
@@ -224,10 +224,7 @@ def test_sighup_loads_the_configured_model_and_a_broken_config_changes_nothing(t
     path, db_path = tmp_path / "line.yaml", tmp_path / "line" / "audit.db"
 
     def query(sql):
-        if not db_path.exists():
-            return []
-        with sqlite3.connect(str(db_path), timeout=5) as db:
-            return db.execute(sql).fetchall()
+        return audit_rows(db_path, sql)
     try:
         assert wait_for(lambda: len(query("SELECT id FROM decisions")) >= 3, timeout=60)
         path.write_text(path.read_text() + "\nnot: [valid")  # a half-edited config, then reload
