@@ -34,7 +34,7 @@ from edge.vision.backends import open_backend
 from edge.config import Config
 from edge.vision.preprocess import PreprocessSpec
 from train.checkpoint import BEST
-from train.evaluate import predict_split
+from train.evaluate import bin_changes, predict_split
 from train.onnx_meta import input_name, stamp
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 
@@ -87,7 +87,8 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         if fresh:  # ranges belong to this model and set only: measured anew on each run
             _ranges(work, method, form, model).unlink(missing_ok=True)
         out, logits = trial(name, method, float_layers, form, model=model)
-        variant = {**_score(name, method, float_layers, out, logits, reference, labels), "source": str(model)}
+        variant = {**_score(name, method, float_layers, out, logits, reference, labels), "source": str(model),
+                   "bins": bin_changes(config, manifest.classes, reference, logits)}
         _print(variant)
         return variant
 
@@ -188,8 +189,11 @@ def _best(variants: List[Dict]) -> Dict:
 
 
 def _print(variant: Dict) -> None:
+    bins = variant["bins"]
     print(f"{variant['name']}: agreement with FP32 {variant['agreement']:.4f}, "
-          f"accuracy {variant['accuracy']:.4f} on the selection set", flush=True)
+          f"accuracy {variant['accuracy']:.4f} on the selection set; the line would send {bins['other_bin']} "
+          f"items to another bin, {bins['to_reject']} to the reject bin and {bins['from_reject']} out of it",
+          flush=True)
 
 
 def _score(name, method, float_layers, path, logits, reference, labels) -> Dict:

@@ -85,6 +85,7 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
         assert variant["float_layers"] == ranking[:count]  # the fine-tuned model's too: the same layers
     best = max(report["variants"], key=lambda v: (v["agreement"], v["accuracy"]))  # closest to FP32 first
     assert report["chosen"] == best["name"]
+    assert all(set(v["bins"]) == {"other_bin", "to_reject", "from_reject"} for v in report["variants"])
     assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
 
 
@@ -164,8 +165,30 @@ def test_precision_comparison_table(calibrated):
     assert list(result["precisions"]) == ["fp32", "fp16", "int8", "int8-cpu"]
     assert result["precisions"]["fp32"]["agreement_with_fp32"] == 1.0
     assert result["precisions"]["fp32"]["max_logit_diff_vs_fp32"] == 0.0
+    assert result["precisions"]["fp32"]["bins_vs_fp32"] == {"other_bin": 0, "to_reject": 0, "from_reject": 0}
     table = (run / "precision_comparison.md").read_text()
-    assert table.count("\n| ") == 4 and "F1 trash" in table
+    assert table.count("\n| ") == 4 and "F1 trash" in table and "| 0 / 0 / 0 |" in table
+
+
+def test_bin_changes_are_counted_as_the_line_decides():
+    """Sure answers in another bin are told apart from moves across the reject threshold, and
+    two classes sharing a bin are no change at all."""
+    from edge.config import config_from_dict
+    from train.evaluate import bin_changes
+
+    config = config_from_dict({"decision": {"threshold": 0.6, "bins": {"paper": "fibre", "cardboard": "fibre"}}},
+                              "bins.yaml")
+    classes = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+
+    def sure(i, margin=8.0):
+        row = np.zeros(6, np.float32)
+        row[i] = margin
+        return row
+    unsure = np.zeros(6, np.float32)  # 1/6 each: below the threshold
+    reference = np.stack([sure(1), sure(1), sure(0), sure(2), unsure, sure(4)])
+    other = np.stack([sure(1), sure(2), sure(3), unsure, sure(5), sure(4, 0.5)])
+    assert bin_changes(config, classes, reference, other) == {"other_bin": 1, "to_reject": 2, "from_reject": 1}
+    assert bin_changes(config, classes, reference, reference) == {"other_bin": 0, "to_reject": 0, "from_reject": 0}
 
 
 def test_int8_saturation_rule():

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from edge.config import Config
 from edge.errors import ModelError
+from edge.line.decision import Controls, Decider
 from edge.vision import dataset
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.scoring import classification_report
@@ -55,13 +56,30 @@ def evaluate(config: Config, model_path: Optional[str] = None, split: str = "tes
     return metrics
 
 
+def bin_changes(config: Config, classes, reference: np.ndarray, logits: np.ndarray) -> Dict[str, int]:
+    """What the line would do differently with `logits` instead of `reference`, decided as the
+    line decides (the config's threshold and bins): items sent to another bin though both
+    are sure (a sorting error), and items moved into or out of the reject bin (a manual check
+    more or less). Disagreement between sure answers is what INT8 must not cause; items near
+    the threshold may cross it either way."""
+    decider = Decider(config, classes, Controls())
+    reject = config.decision.reject_bin
+    before = [decider.decide(row).bin for row in reference]
+    after = [decider.decide(row).bin for row in logits]
+    pairs = list(zip(before, after))
+    return {"other_bin": sum(a != b and reject not in (a, b) for a, b in pairs),
+            "to_reject": sum(a != reject and b == reject for a, b in pairs),
+            "from_reject": sum(a == reject and b != reject for a, b in pairs)}
+
+
 PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
                    "int8-cpu": "model_int8_cpu.onnx"}
 
 
 def compare_precisions(config: Config, split: str = "test", progress: bool = True) -> Dict:
     """FP32 / FP16 / INT8 ONNX side by side on one split: accuracy, per-class F1, agreement
-    with FP32 and the largest logit difference. Writes precision_comparison.{json,md}."""
+    with FP32, the bins the line would change and the largest logit difference. Writes
+    precision_comparison.{json,md}."""
     run_dir = config.run_path
     manifest = Manifest.load(run_dir / MANIFEST_NAME)
     present = {p: run_dir / f for p, f in PRECISION_FILES.items() if (run_dir / f).is_file()}
@@ -77,6 +95,7 @@ def compare_precisions(config: Config, split: str = "test", progress: bool = Tru
             "f1": {c: v["f1"] for c, v in report["per_class"].items()},
             "agreement_with_fp32": float(np.mean(logits.argmax(1) == reference.argmax(1))),
             "max_logit_diff_vs_fp32": float(np.abs(logits - reference).max()), "sha256": about["sha256"],
+            "bins_vs_fp32": bin_changes(config, manifest.classes, reference, logits),
             "unfused_int8": about["unfused_int8"],
         }
     result = {"split": split, "classes": manifest.classes, "precisions": rows}
@@ -87,14 +106,18 @@ def compare_precisions(config: Config, split: str = "test", progress: bool = Tru
 
 def precision_table(result: Dict) -> str:
     classes = result["classes"]
-    head = ["precision", "top-1", "agree w/ FP32", "max logit diff"] + [f"F1 {c}" for c in classes]
+    head = ["precision", "top-1", "agree w/ FP32", "other bin / to reject / from reject", "max logit diff"] + \
+        [f"F1 {c}" for c in classes]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for precision, row in result["precisions"].items():
+        bins = row["bins_vs_fp32"]
         cells = [precision, f"{row['accuracy'] * 100:.2f}%", f"{row['agreement_with_fp32'] * 100:.2f}%",
+                 f"{bins['other_bin']} / {bins['to_reject']} / {bins['from_reject']}",
                  f"{row['max_logit_diff_vs_fp32']:.4f}"] + [f"{row['f1'][c]:.3f}" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     count = next(iter(result["precisions"].values()))["count"]
-    note = f"\n\n{result['split']} split, {count} images, ONNX Runtime CPU, batch 1.\n"
+    note = (f"\n\n{result['split']} split, {count} images, ONNX Runtime CPU, batch 1. Bins as the line decides "
+            f"them: 'other bin' counts items both precisions are sure of but send to different bins.\n")
     if any(row.get("unfused_int8") for row in result["precisions"].values()):
         note += ("int8 (TensorRT's Q/DQ form) ran unfused: exact INT8 arithmetic, as TensorRT computes it; "
                  "this x86 CPU has no VNNI, where ONNX Runtime's fused kernels would saturate.\n")
