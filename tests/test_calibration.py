@@ -198,6 +198,39 @@ def test_int8_saturation_rule():
     assert not int8_kernels_saturate("aarch64", set())  # Jetson's Arm cores: dot-product kernels
 
 
+def test_a_layer_left_in_float_runs_in_float(calibrated, monkeypatch):
+    """ONNX Runtime's WeightBiasQuantization pass would quantize a float convolution whose input
+    comes from a DequantizeLinear, undoing what calibration left in float. The backend computes
+    the Q/DQ graph as written (as TensorRT does): the same logits as with every ONNX Runtime
+    optimisation off."""
+    import onnxruntime as ort
+
+    from calibration.qdq import quantizable_nodes, quantize_int8
+    from train.onnx_meta import stamp
+
+    _, run = calibrated
+    monkeypatch.setattr(ort_backend, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # the exact, unfused path
+    source, out = run / "calibration" / "model_prepared.onnx", run / "calibration" / "one-float.onnx"
+    floating = quantizable_nodes(source)[4]  # block 1's depthwise conv: its input is quantized before it
+    quantize_int8(source, out, None, "max", run / "calibration" / "ranges-max.json", [floating])
+    with open_backend(run / "model_int8.onnx") as int8:
+        stamp(out, int8.info.to_metadata())
+    graph = onnx.load(str(out)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    node = next(n for n in graph.node if n.name == floating)
+    assert producer[node.input[0]] == "DequantizeLinear" and producer.get(node.input[1]) is None  # float weights
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    literal = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 1, 3, 64, 64)).astype(np.float32)
+    with open_backend(out) as backend:
+        for image in images:
+            backend.input[:] = image
+            expected = literal.run(None, {literal.get_inputs()[0].name: image})[0][0]
+            np.testing.assert_allclose(backend.infer(), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("flags, unfused", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)])
 def test_tensorrt_form_runs_unfused_only_where_kernels_saturate(calibrated, monkeypatch, flags, unfused):
     """The CPU is described by its flags (the rule itself runs); the session really is opened

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 # model_int8.onnx carries TensorRT's form (signed, symmetric INT8 activations);
 # model_int8_cpu.onnx ("int8-cpu") is quantized for ONNX Runtime's x86 kernels.
 TENSORRT_INT8 = "int8"
+# ONNX Runtime (1.32 here) quantizes the float weights of a convolution whose input comes from a
+# DequantizeLinear (its WeightBiasQuantization pass), so a layer calibration left in float
+# would run in INT8 after all, where TensorRT runs it in float. The exact path turns it off;
+# fused paths need it (it makes the int32 biases their kernels take). ONNX Runtime ignores an
+# optimizer name it does not have.
+KEEP_AS_WRITTEN = ("WeightBiasQuantization",)
 _warned_unfused = set()  # one warning per model file, not one per session (calibration opens many)
 
 
@@ -138,9 +144,10 @@ class OnnxRuntimeBackend(Backend):
         log.info("%s runs on %s", path, " -> ".join(self.providers))
 
     @staticmethod
-    def _open(ort, path: Path, options, providers):
+    def _open(ort, path: Path, options, providers, disabled_optimizers=()):
         try:
-            return ort.InferenceSession(str(path), options, providers=providers)
+            return ort.InferenceSession(str(path), options, providers=providers,
+                                        disabled_optimizers=list(disabled_optimizers))
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
 
@@ -151,7 +158,7 @@ class OnnxRuntimeBackend(Backend):
             log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
                         "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        return self._open(ort, path, options, providers)
+        return self._open(ort, path, options, providers, KEEP_AS_WRITTEN)
 
     def _check_io(self, path: Path) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
