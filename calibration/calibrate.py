@@ -31,6 +31,7 @@ from calibration.qat import quantization_aware_finetune
 from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
 from calibration.trt_cache import write_cache
 from edge.vision.backends import open_backend
+from edge.vision.backends.base import INT32_BIASES_KEY
 from edge.config import Config
 from edge.vision.preprocess import PreprocessSpec
 from train.checkpoint import BEST
@@ -73,6 +74,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     def good_enough(variant: Dict) -> bool:
         return variant["agreement"] >= cfg.min_agreement and variant["accuracy"] >= fp32_acc - cfg.max_drop
     metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
+    metadata["cpu"][INT32_BIASES_KEY] = "true"
 
     def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = selection,
               model: Path = source):
@@ -191,8 +193,8 @@ def _best(variants: List[Dict]) -> Dict:
 def _print(variant: Dict) -> None:
     bins = variant["bins"]
     print(f"{variant['name']}: agreement with FP32 {variant['agreement']:.4f}, "
-          f"accuracy {variant['accuracy']:.4f} on the selection set; the line would send {bins['other_bin']} "
-          f"items to another bin, {bins['to_reject']} to the reject bin and {bins['from_reject']} out of it",
+          f"accuracy {variant['accuracy']:.4f} on the selection set; items the line would send to another bin: "
+          f"{bins['other_bin']}, to the reject bin: {bins['to_reject']}, out of it: {bins['from_reject']}",
           flush=True)
 
 

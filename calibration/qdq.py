@@ -53,10 +53,14 @@ def compute_ranges(fp32: Path, reader: CalibrationReader, method: str, ranges_ca
 # NVIDIA's own exporters write them). ONNX Runtime's x86 form: unsigned activations with
 # their own (asymmetric) ranges and 7-bit integer weights, so every Conv fuses into a U8S8
 # kernel that cannot saturate.
+# TensorRT takes float biases and folds them into its kernels; the x86 form carries int32 biases,
+# so ONNX Runtime need not make them at load time (its pass for that would also quantize the
+# layers left in float, edge.vision.backends.onnxruntime.KEEP_AS_WRITTEN).
 FORMS = {
     "tensorrt": {"symmetric": True, "activation_type": QuantType.QInt8, "reduce_range": False,
-                 "extra": {"AddQDQPairToWeight": True}},
-    "cpu": {"symmetric": False, "activation_type": QuantType.QUInt8, "reduce_range": True, "extra": {}},
+                 "extra": {"AddQDQPairToWeight": True, "QuantizeBias": False}},
+    "cpu": {"symmetric": False, "activation_type": QuantType.QUInt8, "reduce_range": True,
+            "extra": {"QuantizeBias": True}},
 }
 
 
@@ -76,9 +80,8 @@ def quantize_int8(source: Path, out: Path, reader: CalibrationReader, method: st
         calibrate_method=METHODS[method],
         nodes_to_exclude=list(exclude),
         calibration_cache_path=str(ranges_cache),
-        # Float biases, which TensorRT folds into its INT8 kernels itself. With float biases
         # ONNX Runtime must not widen weight scales to fit int32 biases: it did so by up to
         # 10^27 on BN-folded depthwise channels and wiped them out.
-        extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True, "QuantizeBias": False,
+        extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True,
                        "QDQDisableWeightAdjustForInt32Bias": True, **settings["extra"]},
     )

@@ -198,37 +198,77 @@ def test_int8_saturation_rule():
     assert not int8_kernels_saturate("aarch64", set())  # Jetson's Arm cores: dot-product kernels
 
 
-def test_a_layer_left_in_float_runs_in_float(calibrated, monkeypatch):
-    """ONNX Runtime's WeightBiasQuantization pass would quantize a float convolution whose input
-    comes from a DequantizeLinear, undoing what calibration left in float. The backend computes
-    the Q/DQ graph as written (as TensorRT does): the same logits as with every ONNX Runtime
-    optimisation off."""
-    import onnxruntime as ort
-
+def _one_float_layer(run, form):
+    """The tiny model in `form` with block 1's depthwise conv left in float: a layer whose input
+    the layer before it quantizes."""
     from calibration.qdq import quantizable_nodes, quantize_int8
     from train.onnx_meta import stamp
 
-    _, run = calibrated
-    monkeypatch.setattr(ort_backend, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # the exact, unfused path
-    source, out = run / "calibration" / "model_prepared.onnx", run / "calibration" / "one-float.onnx"
-    floating = quantizable_nodes(source)[4]  # block 1's depthwise conv: its input is quantized before it
-    quantize_int8(source, out, None, "max", run / "calibration" / "ranges-max.json", [floating])
-    with open_backend(run / "model_int8.onnx") as int8:
-        stamp(out, int8.info.to_metadata())
+    source, out = run / "calibration" / "model_prepared.onnx", run / "calibration" / f"one-float-{form}.onnx"
+    floating = quantizable_nodes(source)[4]
+    ranges = run / "calibration" / ("ranges-max.json" if form == "tensorrt" else "ranges-max-asymmetric.json")
+    quantize_int8(source, out, None, "max", ranges, [floating], form=form)
+    with open_backend(run / ("model_int8.onnx" if form == "tensorrt" else "model_int8_cpu.onnx")) as int8:
+        stamp(out, int8.session.get_modelmeta().custom_metadata_map)
     graph = onnx.load(str(out)).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
     node = next(n for n in graph.node if n.name == floating)
     assert producer[node.input[0]] == "DequantizeLinear" and producer.get(node.input[1]) is None  # float weights
+    return out
+
+
+def _plain_session(path, images, literal=True):
+    """Logits from a bare ONNX Runtime session: with every optimisation off (the graph computed
+    as written), or with ONNX Runtime's defaults."""
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    literal = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
-    images = np.random.default_rng(0).uniform(-1, 1, (4, 1, 3, 64, 64)).astype(np.float32)
-    with open_backend(out) as backend:
+    if literal:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {session.get_inputs()[0].name: image})[0] for image in images])
+
+
+def _through_backend(path, images):
+    logits = []
+    with open_backend(path) as backend:
         for image in images:
             backend.input[:] = image
-            expected = literal.run(None, {literal.get_inputs()[0].name: image})[0][0]
-            np.testing.assert_allclose(backend.infer(), expected, rtol=1e-4, atol=1e-4)
+            logits.append(backend.infer().copy())
+    return np.stack(logits)
+
+
+def test_a_layer_left_in_float_runs_in_float(calibrated, monkeypatch):
+    """ONNX Runtime's WeightBiasQuantization pass would quantize a float convolution whose input
+    comes from a DequantizeLinear, undoing what calibration left in float. TensorRT's form is
+    computed as written, as TensorRT does: the same logits as with every ONNX Runtime
+    optimisation off."""
+    _, run = calibrated
+    monkeypatch.setattr(ort_backend, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # the exact, unfused path
+    path = _one_float_layer(run, "tensorrt")
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(_through_backend(path, images), _plain_session(path, images), rtol=1e-4, atol=1e-4)
+
+
+def test_the_x86_form_keeps_its_float_layer_and_its_fused_kernels(calibrated):
+    """The x86 form carries int32 biases, so ONNX Runtime runs it fused without the pass that
+    would quantize its float layer: its logits stay closer to the graph as written than those
+    of a session where the pass runs."""
+    from edge.vision.backends.base import INT32_BIASES_KEY
+
+    _, run = calibrated
+    path = _one_float_layer(run, "cpu")
+    model = onnx.load(str(path))
+    assert {p.key: p.value for p in model.metadata_props}[INT32_BIASES_KEY] == "true"
+    graph = model.graph
+    int32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    assert int32 and any(n.op_type == "DequantizeLinear" and n.input[0] in int32 for n in graph.node)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 1, 3, 64, 64)).astype(np.float32)
+    literal = _plain_session(path, images)
+    ours = np.abs(_through_backend(path, images) - literal).mean()
+    with_pass = np.abs(_plain_session(path, images, literal=False) - literal).mean()
+    print(ours, with_pass)
+    assert ours < with_pass / 2
 
 
 @pytest.mark.parametrize("flags, unfused", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)])

@@ -22,6 +22,7 @@ CLASSES_KEY = "scrapsort.classes"
 PRECISION_KEY = "scrapsort.precision"
 BACKBONE_KEY = "scrapsort.backbone"
 VERSION_KEY = "scrapsort.version"  # the training run and when it was exported
+INT32_BIASES_KEY = "scrapsort.int32_biases"  # "true": the INT8 file carries its biases as int32
 
 
 @dataclass(frozen=True)

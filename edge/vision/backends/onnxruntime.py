@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge.vision.backends.base import Backend, ModelInfo
+from edge.vision.backends.base import INT32_BIASES_KEY, Backend, ModelInfo
 from edge.deps import require
 from edge.errors import ModelError
 
@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 TENSORRT_INT8 = "int8"
 # ONNX Runtime (1.32 here) quantizes the float weights of a convolution whose input comes from a
 # DequantizeLinear (its WeightBiasQuantization pass), so a layer calibration left in float
-# would run in INT8 after all, where TensorRT runs it in float. The exact path turns it off;
-# fused paths need it (it makes the int32 biases their kernels take). ONNX Runtime ignores an
-# optimizer name it does not have.
+# would run in INT8 after all, where TensorRT runs it in float. It is off unless a fused INT8
+# path needs the int32 biases it makes from float ones (TensorRT's form on a CPU with VNNI, an
+# x86-form file without int32 biases). ONNX Runtime ignores an optimizer name it does not have.
 KEEP_AS_WRITTEN = ("WeightBiasQuantization",)
 _warned_unfused = set()  # one warning per model file, not one per session (calibration opens many)
 
@@ -117,13 +117,16 @@ class OnnxRuntimeBackend(Backend):
             precision = ModelInfo.from_metadata(path, self._open(ort, path, options, [CPU]).get_modelmeta()
                                                 .custom_metadata_map).precision
             chosen[0] = (TENSORRT_EP, tensorrt_ep_options(Path(path), precision, chosen[0][1]))
-        self.session = self._open(ort, path, options, chosen)
-        self.info = ModelInfo.from_metadata(path, self.session.get_modelmeta().custom_metadata_map)
+        self.session = self._open(ort, path, options, chosen, KEEP_AS_WRITTEN)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(path, metadata)
         self.providers = self.session.get_providers()
         self._report_providers(path, [name for name, _ in chosen])
         self.unfused_int8 = self.info.precision == TENSORRT_INT8 and self.runs_on == CPU and int8_kernels_saturate()
         if self.unfused_int8:
             self.session = self._open_unfused(ort, path, options, chosen)
+        elif self._fused_int8_needs_float_biases_quantized(metadata):
+            self.session = self._open(ort, path, options, chosen)
         self._check_io(path)
         self.input = np.zeros(self.expected_input_shape(), np.float32)
         self.output = np.zeros((1, len(self.info.classes)), np.float32)
@@ -150,6 +153,11 @@ class OnnxRuntimeBackend(Backend):
                                         disabled_optimizers=list(disabled_optimizers))
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
+
+    def _fused_int8_needs_float_biases_quantized(self, metadata: Dict[str, str]) -> bool:
+        if self.runs_on != CPU or not self.info.precision.startswith(TENSORRT_INT8):
+            return False
+        return self.info.precision == TENSORRT_INT8 or metadata.get(INT32_BIASES_KEY) != "true"
 
     def _open_unfused(self, ort, path: Path, options, providers):
         """Exact Q/DQ arithmetic (what TensorRT computes), without the saturating fused kernels."""
