@@ -26,9 +26,9 @@ class GpuOnnxRuntime:
         recorder = self
 
         class Session(real):
-            def __init__(self, path, options=None, providers=None):
+            def __init__(self, path, options=None, providers=None, **kwargs):
                 recorder.asked.append(providers)
-                super().__init__(path, options, providers=[CPU])
+                super().__init__(path, options, providers=[CPU], **kwargs)
                 self._registered = [p[0] if isinstance(p, tuple) else p for p in providers if
                                     (p[0] if isinstance(p, tuple) else p) in loads]
 
