@@ -267,7 +267,6 @@ def test_the_x86_form_keeps_its_float_layer_and_its_fused_kernels(calibrated):
     literal = _plain_session(path, images)
     ours = np.abs(_through_backend(path, images) - literal).mean()
     with_pass = np.abs(_plain_session(path, images, literal=False) - literal).mean()
-    print(ours, with_pass)
     assert ours < with_pass / 2
 
 

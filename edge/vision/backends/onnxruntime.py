@@ -22,7 +22,7 @@ from edge.errors import ModelError
 log = logging.getLogger(__name__)
 # model_int8.onnx carries TensorRT's form (signed, symmetric INT8 activations);
 # model_int8_cpu.onnx ("int8-cpu") is quantized for ONNX Runtime's x86 kernels.
-TENSORRT_INT8 = "int8"
+TENSORRT_INT8, CPU_INT8 = "int8", "int8-cpu"
 # ONNX Runtime (1.32 here) quantizes the float weights of a convolution whose input comes from a
 # DequantizeLinear (its WeightBiasQuantization pass), so a layer calibration left in float
 # would run in INT8 after all, where TensorRT runs it in float. It is off unless a fused INT8
@@ -155,9 +155,12 @@ class OnnxRuntimeBackend(Backend):
             raise ModelError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export with `scrapsort export`") from None
 
     def _fused_int8_needs_float_biases_quantized(self, metadata: Dict[str, str]) -> bool:
-        if self.runs_on != CPU or not self.info.precision.startswith(TENSORRT_INT8):
+        """ONNX Runtime's fused CPU kernels take int32 biases: TensorRT's form has float ones, and
+        so has an x86-form file that does not say otherwise."""
+        if self.runs_on != CPU:
             return False
-        return self.info.precision == TENSORRT_INT8 or metadata.get(INT32_BIASES_KEY) != "true"
+        precision = self.info.precision
+        return precision == TENSORRT_INT8 or (precision == CPU_INT8 and metadata.get(INT32_BIASES_KEY) != "true")
 
     def _open_unfused(self, ort, path: Path, options, providers):
         """Exact Q/DQ arithmetic (what TensorRT computes), without the saturating fused kernels."""
