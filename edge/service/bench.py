@@ -12,6 +12,7 @@ import platform
 import resource
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -319,7 +320,7 @@ def _plot(result: Dict, path: Path) -> None:
     rows = [r for r in result["models"] if "latency_ms" in r]
     if not rows:
         return
-    names = [f"{r['backend']}\n{r['precision']}" for r in rows]
+    names = [f"{textwrap.fill(r['backend'], 14)}\n{r['precision']}" for r in rows]  # long names side by side
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4.5))
     ax.bar(x - 0.2, [r["latency_ms"]["p50"] for r in rows], 0.4, label="p50")
