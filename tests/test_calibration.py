@@ -250,6 +250,20 @@ def test_a_layer_left_in_float_runs_in_float(calibrated, monkeypatch):
     np.testing.assert_allclose(_through_backend(path, images), _plain_session(path, images), rtol=1e-4, atol=1e-4)
 
 
+def test_calibration_measures_tensorrt_form_as_written_on_a_vnni_cpu(calibrated, trained_run, tmp_path, monkeypatch):
+    """Where the CPU has VNNI the line runs TensorRT's form with ONNX Runtime's fused kernels,
+    which quantize its float layers; calibration still measures what TensorRT computes: each
+    variant scores as it does on a CPU where the graph runs as written."""
+    _, run = calibrated
+    monkeypatch.setattr(ort_backend, "_cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    _, vnni_run = calibrated_copy(trained_run, tmp_path, images=12, methods=["max", "entropy"], max_drop=-1.0,
+                                  max_float_layers=2, sensitivity_images=6)
+    scores = [{v["name"]: (v["agreement"], v["accuracy"], round(v["max_logit_diff"], 4)) for v in
+               json.loads((r / "calibration_report.json").read_text())["variants"]} for r in (run, vnni_run)]
+    assert any("-float-" in name for name in scores[0])
+    assert scores[1] == scores[0]
+
+
 def test_the_x86_form_keeps_its_float_layer_and_its_fused_kernels(calibrated):
     """The x86 form carries int32 biases, so ONNX Runtime runs it fused without the pass that
     would quantize its float layer: its logits stay closer to the graph as written than those

@@ -105,7 +105,10 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: Path, providers: Sequence[Provider] = (CPU,), threads: int = 0,
-                 spinning: str = "always"):
+                 spinning: str = "always", exact_int8: bool = False):
+        """exact_int8: run TensorRT's INT8 form on the CPU as written (unfused) on any CPU, not
+        only where the fused kernels saturate: what TensorRT computes, for calibration and
+        precision comparisons; the line keeps the fused kernels where they are exact enough."""
         ort = require("onnxruntime", "ort")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -122,9 +125,10 @@ class OnnxRuntimeBackend(Backend):
         self.info = ModelInfo.from_metadata(path, metadata)
         self.providers = self.session.get_providers()
         self._report_providers(path, [name for name, _ in chosen])
-        self.unfused_int8 = self.info.precision == TENSORRT_INT8 and self.runs_on == CPU and int8_kernels_saturate()
+        self.unfused_int8 = (self.info.precision == TENSORRT_INT8 and self.runs_on == CPU
+                             and (exact_int8 or int8_kernels_saturate()))
         if self.unfused_int8:
-            self.session = self._open_unfused(ort, path, options, chosen)
+            self.session = self._open_unfused(ort, path, options, chosen, warn=not exact_int8)
         elif self._fused_int8_needs_float_biases_quantized(metadata):
             self.session = self._open(ort, path, options, chosen)
         self._check_io(path)
@@ -162,9 +166,9 @@ class OnnxRuntimeBackend(Backend):
         precision = self.info.precision
         return precision == TENSORRT_INT8 or (precision == CPU_INT8 and metadata.get(INT32_BIASES_KEY) != "true")
 
-    def _open_unfused(self, ort, path: Path, options, providers):
+    def _open_unfused(self, ort, path: Path, options, providers, warn: bool = True):
         """Exact Q/DQ arithmetic (what TensorRT computes), without the saturating fused kernels."""
-        if str(path) not in _warned_unfused:
+        if warn and str(path) not in _warned_unfused:
             _warned_unfused.add(str(path))
             log.warning("%s: TensorRT-form INT8 on an x86 CPU without VNNI: running its Q/DQ graph unfused "
                         "(exact but slow). For INT8 speed on this CPU use model_int8_cpu.onnx", path)
