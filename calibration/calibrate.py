@@ -19,7 +19,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
@@ -94,12 +94,12 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         _print(variant)
         return variant
 
-    variants, ranking = [], None
+    variants, ranking, scores = [], None, None
     for method in cfg.methods:
         variants.append(scored(f"int8-{method}", method, [], fresh=True))
         if cfg.max_float_layers and not good_enough(variants[-1]):
             if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
-                ranking = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
+                ranking, scores = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
             for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
                 variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
                 if good_enough(variants[-1]):
@@ -137,6 +137,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
               "selection_images": len(labels), "fp32_accuracy": fp32_acc, "sensitivity_ranking": ranking,
+              "sensitivity": scores,
               "chosen_good_enough": good_enough(best), "qat_model": str(work / QAT_NAME) if qat else None,
               "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written, "trt_cache_from": cached["name"]}
@@ -159,22 +160,29 @@ def _ranges(work: Path, method: str, form: str, model: Path) -> Path:
     return work / f"{prefix}ranges-{method}{'' if form == 'tensorrt' else '-asymmetric'}.json"
 
 
-def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial, images: int) -> List[str]:
-    """Quantizable layers ordered by how much agreement with FP32 drops when each is the only
-    one quantized (on `images` of the selection set, spread over it); layers that cost nothing
-    are left out."""
+def _sensitivity(manifest: Manifest, work: Path, method: str, model: Path, trial,
+                 images: int) -> Tuple[List[str], Dict]:
+    """Quantizable layers ordered by how far quantizing each alone moves the logits from FP32's
+    (mean squared difference, on `images` of the selection set spread over it). Changed answers
+    are what the bound counts, but on a few dozen images most layers change none, and a layer
+    may flip one borderline image while barely moving the rest: the distance ranks them all.
+    Layers that move nothing are left out.
+    Returns (the ranking, each layer's scores)."""
     pool = manifest.split("val")
     subset = manifest.subset(pool[::max(1, len(pool) // images)][:images])  # spread over the classes
-    reference = predict_split(model, subset, "val", progress=False)[0].argmax(1)
+    reference = predict_split(model, subset, "val", progress=False)[0]
     nodes = quantizable_nodes(model)
-    agreement = {}
+    agreement, distance = {}, {}
     for i, node in enumerate(nodes):
         _, logits = trial("sensitivity", method, [n for n in nodes if n != node] + non_quantizable_nodes(model),
                           on=subset)
-        agreement[node] = float(np.mean(logits.argmax(1) == reference))
-        print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f}", flush=True)
+        agreement[node] = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+        distance[node] = float(np.mean((logits - reference) ** 2))
+        print(f"sensitivity {i + 1}/{len(nodes)}: {node} agreement {agreement[node]:.3f} "
+              f"distance {distance[node]:.5f}", flush=True)
     (work / "sensitivity.onnx").unlink(missing_ok=True)
-    return [n for n in sorted(nodes, key=lambda n: agreement[n]) if agreement[n] < 1.0]
+    ranking = [n for n in sorted(nodes, key=lambda n: -distance[n]) if distance[n] > 0]
+    return ranking, {n: {"agreement": agreement[n], "distance": distance[n]} for n in nodes}
 
 
 def selection_set(manifest: Manifest, calibration_files) -> Manifest:

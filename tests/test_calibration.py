@@ -89,6 +89,21 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
 
 
+def test_sensitivity_ranks_layers_that_change_no_answer_by_how_far_they_move_the_logits(calibrated):
+    """On a few images most layers change no answer when quantized alone; they are still ranked,
+    by the distance their quantization moves the logits, not by their place in the graph."""
+    from calibration.qdq import quantizable_nodes
+
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    ranking, scores = report["sensitivity_ranking"], report["sensitivity"]
+    assert set(scores) == set(quantizable_nodes(run / "calibration" / "model_prepared.onnx"))
+    assert ranking == sorted([n for n in scores if scores[n]["distance"] > 0], key=lambda n: -scores[n]["distance"])
+    unchanged = [n for n in ranking if scores[n]["agreement"] == 1.0]
+    assert len(unchanged) >= 2  # ranked although they change no answer
+    assert scores[unchanged[0]]["distance"] > scores[unchanged[-1]]["distance"]
+
+
 def test_variants_are_chosen_on_every_non_test_image_the_calibration_did_not_use(calibrated):
     from calibration.calibrate import selection_set
 
