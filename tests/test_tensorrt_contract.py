@@ -43,8 +43,8 @@ class Device:
         monkeypatch.setattr(jetson.cuda, "cudart", self.cudart)
         template, self.data = engine_run
         self.run = tmp_path / "run"
-        if not self.run.exists():
-            shutil.copytree(template, self.run)
+        if not self.run.exists():  # the files an engine build reads; not the variants or checkpoints (disk)
+            shutil.copytree(template, self.run, ignore=shutil.ignore_patterns("calibration", "*.pt", "model.ts"))
         self.tmp_path = tmp_path
 
     def config(self, **engine):
