@@ -19,6 +19,7 @@ from edge.config import Config
 from edge.errors import ModelError
 from edge.line.decision import Controls, Decider
 from edge.vision import dataset
+from edge.vision.backends import SUFFIXES
 from edge.vision.dataset import MANIFEST_NAME, Manifest
 from edge.vision.scoring import classification_report
 
@@ -30,7 +31,8 @@ def predict_split(model_path: Path, manifest: Manifest, split: str, progress: bo
     TensorRT computes it, on any CPU: ONNX Runtime's fused kernels (VNNI CPUs) would quantize its
     float layers too."""
     bar = functools.partial(tqdm, desc=f"evaluating {Path(model_path).name}", unit="img", disable=not progress)
-    exact = {"exact_int8": True} if Path(model_path).suffix.lower() == ".onnx" else {}
+    runs_on = SUFFIXES.get(Path(model_path).suffix.lower())
+    exact = {"exact_int8": True} if runs_on == "onnxruntime" else {}
     return dataset.predict_split(model_path, manifest, split, progress=bar, **exact)
 
 
