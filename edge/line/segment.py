@@ -1,24 +1,28 @@
-"""Items in a foreground mask: one segment per item, touching neighbours split.
+"""Items in a foreground mask: one segment per item, touching neighbours cut apart.
 
-A blob holding two touching items has a waist where they meet. The distance transform
-(each pixel's distance to the belt) peaks once per item; cores above SPLIT_RATIO of the
-blob's peak are the seeds, and a watershed on the distance map gives each seed its pixels.
-A blob with one core is one item. Items that touch along a straight full edge show no
-waist and stay one segment (the tracker then reports them as merged).
+Loose items are convex or nearly so; where two touch or one lies over the other, the blob's
+outline has a notch on each side of the contact (the hull's deepest defects). The blob is cut
+along the chord between the pair of deep notches that gives the shortest cut for their depth,
+and each side is cut again while it is still less convex than one item (three abreast). A
+blob filling SOLID of its convex hull is one item. Two items lying edge to edge with parallel
+sides and ends level leave no notch and stay one segment (the tracker reports them merged).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-SPLIT_RATIO = 0.5     # cores: where the distance to the belt is above this share of the blob's peak
-MIN_CORE_SHARE = 0.15  # a core smaller than this share of the blob's largest one is texture, not an item
-CORNER_PX = 2         # how far opening may have shaved an outline
+SOLID = 0.93           # a blob filling this much of its convex hull is one item
+NOTCH_DEPTH = 0.08     # a hull defect this deep (share of the blob's sqrt(area)) is where two items meet
+MIN_PART = 0.15        # neither side of a cut may hold less than this share of the blob
+CUT_INSIDE = 0.9       # share of a cut's length that must run through the blob (not across the belt)
+MAX_CUTS = 3           # cut depth: up to 2**3 items in one blob
+CORNER_PX = 2          # how far opening may have shaved an outline
 CORNER_KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * CORNER_PX + 1, 2 * CORNER_PX + 1))
-SOLID = 0.93          # a blob filling this much of its convex hull is one item, whatever its cores
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,7 @@ def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) 
         # Filled: where an item's colour is close to the belt's, its mask has holes (print, a dark
         # bottle), which would make waists inside one item and split it.
         blob = cv2.drawContours(np.zeros((h, w), np.uint8), outline, -1, 1, thickness=cv2.FILLED)
-        hull = cv2.contourArea(cv2.convexHull(np.vstack(outline)))
-        parts = [blob] if hull == 0 or blob.sum() / hull >= SOLID else _split(blob)
+        parts = _cut(blob)
         for part in parts:
             if cv2.countNonZero(part) >= min_area:
                 exact = None if raw is None else _exact(part, raw, x, y)
@@ -53,24 +56,56 @@ def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) 
     return found
 
 
-def _split(blob: np.ndarray) -> List[np.ndarray]:
-    """A blob that is not as convex as one item: one part per core of its distance transform."""
-    padded = cv2.copyMakeBorder(blob, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
-    cores = (distance >= SPLIT_RATIO * distance.max()).astype(np.uint8)
-    count, core_labels, stats, _ = cv2.connectedComponentsWithStats(cores, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    keep = [i + 1 for i, size in enumerate(sizes) if size >= MIN_CORE_SHARE * sizes.max()]
-    if len(keep) < 2:
+def _cut(blob: np.ndarray, levels: int = MAX_CUTS) -> List[np.ndarray]:
+    """The blob in one part per item: cut between two deep notches of its outline, sides cut again."""
+    contour = max(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea,
+                  default=None)
+    if levels == 0 or contour is None or len(contour) < 5:
         return [blob]
-    markers = np.zeros(padded.shape, np.int32)
-    for n, core in enumerate(keep, 1):
-        markers[core_labels == core] = n + 1
-    markers[padded == 0] = 1                     # the belt floods from outside
-    relief = cv2.cvtColor(cv2.normalize(-distance, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    cv2.watershed(relief, markers)
-    markers = markers[1:-1, 1:-1]
-    return [((markers == n + 1) & (blob > 0)).astype(np.uint8) for n in range(1, len(keep) + 1)]
+    area = float(cv2.countNonZero(blob))
+    if area >= SOLID * cv2.contourArea(cv2.convexHull(contour)):
+        return [blob]   # as convex as one item
+    sides = _best_cut(blob, contour, area)
+    if sides is None:
+        return [blob]
+    return [part for side in sides for part in _cut(side, levels - 1)]
+
+
+def _notches(contour: np.ndarray, area: float) -> List[Tuple[Tuple[int, int], float]]:
+    """(point, depth px) of the hull defects deeper than NOTCH_DEPTH of the blob's size."""
+    try:
+        defects = cv2.convexityDefects(contour, cv2.convexHull(contour, returnPoints=False))
+    except cv2.error:   # a self-touching outline: no defects to read
+        return []
+    if defects is None:
+        return []
+    least = NOTCH_DEPTH * np.sqrt(area)
+    return [((int(contour[far][0][0]), int(contour[far][0][1])), depth / 256.0)
+            for _, _, far, depth in defects.reshape(-1, 4) if depth / 256.0 >= least]
+
+
+def _best_cut(blob: np.ndarray, contour: np.ndarray, area: float) -> Optional[List[np.ndarray]]:
+    """The two sides of the shortest cut for its notches' depth that runs through the blob and
+    leaves no side under MIN_PART; None when no pair of notches gives one."""
+    best_score, best = np.inf, None
+    for (a, depth_a), (b, depth_b) in combinations(_notches(contour, area), 2):
+        length = float(np.hypot(a[0] - b[0], a[1] - b[1]))
+        score = length / (depth_a + depth_b)
+        if length < 2 or score >= best_score:
+            continue
+        steps = int(length) + 1
+        xs = np.linspace(a[0], b[0], steps).round().astype(int)
+        ys = np.linspace(a[1], b[1], steps).round().astype(int)
+        if blob[ys, xs].mean() < CUT_INSIDE:
+            continue
+        cut = cv2.line(blob.copy(), a, b, 0, 2)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
+        if count < 3:
+            continue
+        largest = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
+        if stats[largest[1], cv2.CC_STAT_AREA] >= MIN_PART * area:
+            best_score, best = score, [(labels == k).astype(np.uint8) for k in largest]
+    return best
 
 
 def _exact(part: np.ndarray, raw: np.ndarray, x0: int, y0: int) -> Tuple[int, int, int, int]:
