@@ -9,7 +9,7 @@ import pytest
 from edge.line.belt import BeltTracker
 from edge.line.simulator import BELT_GREY
 from edge.line.sources import Frame
-from edge.line.track import Detection, Tracker
+from edge.line.track import LOST_AFTER_FRAMES, Detection, Tracker
 from edge.line.trigger import VisionTrigger
 from tests.conftest import line_config
 
@@ -88,6 +88,40 @@ def test_a_decided_item_seen_in_two_pieces_is_not_a_new_item():
     pairs, started, ended = tracker.update(pieces)
     assert started == [] and ended == [] and [t for t, _ in pairs] == [track]
     assert len(tracker.tracks) == 1
+
+
+def run_together(tracker, frames, exit_s):
+    """Two side-by-side items seen as one blob for `frames` frames."""
+    for _ in range(frames):
+        tracker.update([Detection(100.0, 0.0, 100.0, 160.0, True, False)], exit_s=exit_s)
+
+
+@pytest.mark.parametrize("decided", [True, False])
+def test_an_item_hidden_in_its_neighbours_blob_is_the_same_item_when_they_part(decided):
+    """A pair run together for longer than a track may go unseen (LOST_AFTER_FRAMES), then part
+    again (undecided: cut apart as they come fully into view; decided: the pieces of the pair
+    leaving the view). Each part is its own item again: no new item enters, none is lost."""
+    tracker = Tracker()
+    pair = [Detection(100.0, -45.0, 100.0, 70.0, True, False), Detection(100.0, 45.0, 100.0, 70.0, True, False)]
+    pairs, started, _ = tracker.update(pair, exit_s=0.0)
+    for track in started:
+        track.decided = decided
+    run_together(tracker, LOST_AFTER_FRAMES + 2, exit_s=0.0)
+    pieces = [Detection(80.0, -45.0, 40.0, 70.0, False, False), Detection(80.0, 45.0, 40.0, 70.0, False, False)]
+    pairs, new, ended = tracker.update(pieces, exit_s=0.0)
+    assert new == [] and ended == [] and {t.id for t, _ in pairs} == {t.id for t in started}
+
+
+def test_a_hidden_item_ends_merged_once_the_belt_has_carried_it_out_of_view():
+    tracker = Tracker()
+    _, started, _ = tracker.update([Detection(100.0, -45.0, 100.0, 70.0, True, False),
+                                    Detection(100.0, 45.0, 100.0, 70.0, True, False)], exit_s=0.0)
+    run_together(tracker, LOST_AFTER_FRAMES + 2, exit_s=0.0)
+    assert len(tracker.tracks) == 2                       # in view: kept, hidden in the blob
+    ended = []
+    for _ in range(LOST_AFTER_FRAMES):                    # its trailing edge (s 150) is past the view
+        ended += tracker.update([Detection(100.0, 0.0, 100.0, 160.0, True, False)], exit_s=151.0)[2]
+    assert [t.reason_undecided() for t in ended] == ["merged"]
 
 
 def test_two_items_seen_as_one_then_apart_are_two_items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 LOST_AFTER_FRAMES = 3   # unseen this many frames in a row: the item has left the view
 FRAGMENT_SHARE = 0.5    # a new detection this much inside a decided item is a piece of it
@@ -60,10 +60,13 @@ class Tracker:
         self.tracks: List[Track] = []
         self._ids = itertools.count(1)
 
-    def update(self, detections: List[Detection]) -> Tuple[List[Tuple[Track, Detection]], List[Track], List[Track]]:
+    def update(self, detections: List[Detection], exit_s: Optional[float] = None
+               ) -> Tuple[List[Tuple[Track, Detection]], List[Track], List[Track]]:
         """Match this frame's detections to tracks. Returns the (track, detection) pairs, the tracks
         this frame started (items entering the view) and those that ended (unseen for
-        LOST_AFTER_FRAMES frames)."""
+        LOST_AFTER_FRAMES frames). `exit_s`, the belt coordinate at the view's downstream edge,
+        keeps the tracks of items still in view that are hidden: decided items (a piece of one
+        seen later is theirs) and items inside a neighbour's blob (theirs again when it parts)."""
         pairs, started, claimed = [], [], set()
         previous = {id(t): t.last for t in self.tracks}   # extents before this frame moved them
         for detection in sorted(detections, key=lambda d: -d.length_mm * d.width_mm):
@@ -83,10 +86,14 @@ class Tracker:
             pairs.append((track, detection))
         ended = []
         for track in self.tracks:
-            if id(track) not in claimed:
-                track.missing += 1
-                if track.missing >= LOST_AFTER_FRAMES:
-                    ended.append(track)
+            if id(track) in claimed:
+                continue
+            track.missing += 1
+            hidden = track.decided or any(overlap(track.last, d) > 0 for d in detections)
+            if hidden and exit_s is not None and track.last.s_mm + track.last.length_mm / 2 >= exit_s:
+                continue  # still (partly) in view
+            if track.missing >= LOST_AFTER_FRAMES:
+                ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]
         return pairs, started, ended
 

@@ -125,7 +125,8 @@ class VisionTrigger(Trigger):
         found = segments(masks[0], int(self.cfg.min_area * rw * rh), raw=masks[1])
         detections = [self._detection(seg, frame, (x0, y0, rw, rh), belt_mm) for seg in found]
         segment_of = {id(d): seg for d, seg in zip(detections, found)}
-        pairs, started, ended = self.tracker.update(detections)
+        exit_mm = (x0 + rw - frame.image.shape[1] / 2) * self.line.mm_per_px   # the view's downstream edge
+        pairs, started, ended = self.tracker.update(detections, exit_s=belt_mm - exit_mm)
         if started:
             self._enter(len(started))
         for track in ended:
