@@ -1,7 +1,8 @@
 """`scrapsort bench`: batch-1 latency and accuracy of every backend x precision on this
 machine, plus the daemon's per-stage latency on the simulated conveyor.
 
-Each model is measured in a fresh subprocess so its peak memory is its own. Results go to
+Each model runs in a process of its own (its peak memory its own); the models take turns in
+rounds, the line's run in the middle, so every ratio compares runs of the same minutes. Results go to
 <run_dir>/bench/bench.json (with a description of the machine), bench.md and bench.png.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -39,6 +41,10 @@ CANDIDATES = [  # (label, backend, precision, file in the run dir)
 ]
 
 
+ROUNDS = 10          # the timed runs of every model are spread over this many rounds, taking turns
+ROUND_WARMUP = 3     # untimed runs at the start of a model's turn: its caches and threads, as in a loop
+ANSWER = "bench> "   # marks the child's answers on its stdout (a library may print there too)
+
 # ONNX Runtime providers measured, each as its own row where this onnxruntime has it.
 PROVIDERS = {"TensorrtExecutionProvider": "TensorRT EP", "CUDAExecutionProvider": "CUDA", "CPUExecutionProvider": "CPU"}
 
@@ -47,9 +53,11 @@ def onnx_providers(available: List[str]) -> List[str]:
     return [name for name in PROVIDERS if name in available]
 
 
-def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optional[str], run_dir: str,
-                  provider: Optional[str] = None, flip_average: bool = False) -> Dict:
-    """Runs inside the child process: load, warm up, time `infer()`, optionally score a split."""
+def serve_model(path: str, warmup: int, accuracy_split: Optional[str], run_dir: str,
+                provider: Optional[str] = None, flip_average: bool = False) -> None:
+    """Runs inside a child process: load and warm up once, then answer the parent line by line.
+    "<n>" times n runs of `infer()` (after ROUND_WARMUP untimed ones: the other models ran in
+    between); "finish" scores the split and reports the process's peak memory."""
     import cv2
 
     from edge.vision.backends import open_backend
@@ -57,24 +65,32 @@ def measure_model(path: str, iterations: int, warmup: int, accuracy_split: Optio
 
     started = time.perf_counter()
     backend = open_backend(path, flip_average=flip_average, **({"providers": [provider]} if provider else {}))
-    load_s = time.perf_counter() - started
+    _answer({"load_s": time.perf_counter() - started, "runs_on": backend.runs_on})
     pre = Preprocessor(backend.info.preprocess)
     image = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
     pre(cv2.GaussianBlur(image, (9, 9), 3), backend.input)
     for _ in range(warmup):
         backend.infer()
-    times = []
-    for _ in range(iterations):
-        t0 = time.perf_counter()
-        backend.infer()
-        times.append(time.perf_counter() - t0)
-    result = {"load_s": load_s, "runs_on": backend.runs_on,
-              "latency_ms": percentiles(times), "throughput_fps": 1.0 / float(np.mean(times)),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for line in sys.stdin:
+        if line.strip() == "finish":
+            break
+        for _ in range(ROUND_WARMUP):
+            backend.infer()
+        began, times = time.monotonic(), []
+        for _ in range(int(line)):
+            t0 = time.perf_counter()
+            backend.infer()
+            times.append(time.perf_counter() - t0)
+        _answer({"times": times, "window": [began, time.monotonic()]})
     backend.close()
+    result = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if accuracy_split:
         result.update(_accuracy(path, run_dir, accuracy_split, provider, flip_average))
-    return result
+    _answer(result)
+
+
+def _answer(message: Dict) -> None:
+    print(ANSWER + json.dumps(message), flush=True)
 
 
 def measure_spinning(path: str, cycles: int, idle_s: float) -> Dict:
@@ -160,29 +176,28 @@ def _run(command: List[str]) -> Optional[str]:
 
 def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: bool = True,
           daemon_items: int = 20) -> Dict:
+    """Every model loaded once in its own process; their timed runs taken in turns, ROUNDS of
+    them, half before the line's run and half after, so that a shared machine's drift reaches
+    every row and the line alike and the ratios of one run hold."""
     run_dir = config.run_path
     out_dir = run_dir / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for label, backend, precision, name in CANDIDATES:
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        for provider in _available_providers() if backend == "onnxruntime" else [None]:
-            row_label = f"{label} ({PROVIDERS[provider]})" if provider else label
-            print(f"measuring {row_label} {precision} ({path}) ...", flush=True)
-            result = _child(path, iterations, warmup, "test" if accuracy else None, run_dir, provider)
-            rows.append({"backend": row_label, "precision": precision, "model": str(path), **result})
-    if (run_dir / "model.onnx").is_file():  # runtime.flip_average's cost and gain, on the CPU
-        print("measuring ONNX Runtime (CPU) fp32 flip-averaged ...", flush=True)
-        result = _child(run_dir / "model.onnx", iterations, warmup, "test" if accuracy else None, run_dir,
-                        "CPUExecutionProvider", flip_average=True)
-        rows.append({"backend": f"ONNX Runtime ({PROVIDERS['CPUExecutionProvider']}), flip-averaged",
-                     "precision": "fp32", "model": str(run_dir / "model.onnx"), **result})
-    result = {"machine": machine(), "iterations": iterations, "warmup": warmup, "models": rows,
-              "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    children = _load_models(run_dir, warmup, "test" if accuracy else None)
+    try:
+        per_round = max(1, iterations // ROUNDS)
+        _take_turns(children, ROUNDS // 2, per_round)
+        result = {"machine": machine(), "iterations": per_round * ROUNDS, "warmup": warmup, "rounds": ROUNDS,
+                  "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if daemon_items:
+            began = time.monotonic()
+            result["daemon"] = {**_daemon_latency(config, daemon_items), "window": [began, time.monotonic()]}
+        _take_turns(children, ROUNDS - ROUNDS // 2, per_round)
+        print("scoring ..." if accuracy else "finishing ...", flush=True)
+        result["models"] = [child.finish() for child in children]
+    finally:
+        for child in children:
+            child.close()
     if daemon_items:
-        result["daemon"] = _daemon_latency(config, daemon_items)
         _line_cost(result, config.runtime.flip_average)
         if model_path(config).suffix == ".onnx":
             print("measuring ONNX Runtime's spinning modes ...", flush=True)
@@ -195,17 +210,100 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
     return result
 
 
+def _load_models(run_dir: Path, warmup: int, split: Optional[str]) -> List["ModelChild"]:
+    children = []
+    for label, backend, precision, name in CANDIDATES:
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        for provider in _available_providers() if backend == "onnxruntime" else [None]:
+            row_label = f"{label} ({PROVIDERS[provider]})" if provider else label
+            print(f"loading {row_label} {precision} ({path}) ...", flush=True)
+            children.append(ModelChild(row_label, precision, path, warmup, split, run_dir, provider))
+    if (run_dir / "model.onnx").is_file():  # runtime.flip_average's cost and gain, on the CPU
+        print("loading ONNX Runtime (CPU) fp32 flip-averaged ...", flush=True)
+        children.append(ModelChild(f"ONNX Runtime ({PROVIDERS['CPUExecutionProvider']}), flip-averaged", "fp32",
+                                   run_dir / "model.onnx", warmup, split, run_dir, "CPUExecutionProvider",
+                                   flip_average=True))
+    return children
+
+
+def _take_turns(children: List["ModelChild"], rounds: int, runs: int) -> None:
+    """Each round every model's turn, starting one further along each time (no model always
+    first after the pause between rounds)."""
+    for n in range(rounds):
+        print(f"round {n + 1} of {rounds}: {runs} runs of each model ...", flush=True)
+        first = n % max(len(children), 1)
+        for child in children[first:] + children[:first]:
+            child.time(runs)
+
+
+class ModelChild:
+    """One model in its own process (its peak memory its own, no thread pool shared), timed
+    when its turn comes."""
+
+    def __init__(self, label: str, precision: str, path: Path, warmup: int, split: Optional[str], run_dir: Path,
+                 provider: Optional[str] = None, flip_average: bool = False):
+        self.row = {"backend": label, "precision": precision, "model": str(path)}
+        self.times: List[float] = []
+        self.windows: List[List[float]] = []
+        self.error: Optional[str] = None
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        code = "import json, sys; from edge.service.bench import serve_model; serve_model(*json.loads(sys.argv[1]))"
+        args = [str(path), warmup, split, str(run_dir), provider, flip_average]
+        self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        loaded = self._ask(None)
+        if loaded:
+            self.row.update(loaded)
+
+    def time(self, runs: int) -> None:
+        answer = self._ask(str(runs))
+        if answer:
+            self.times += answer["times"]
+            self.windows.append(answer["window"])
+
+    def finish(self) -> Dict:
+        answer = self._ask("finish")
+        self.proc.wait()
+        if self.error:
+            return {**self.row, "error": self.error}
+        return {**self.row, **answer, "latency_ms": percentiles(self.times),
+                "throughput_fps": 1.0 / float(np.mean(self.times)), "windows": self.windows}
+
+    def close(self) -> None:
+        """Ends the child however the bench ended (a failed line run leaves no process behind)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self.stderr.closed:
+            self.stderr.close()
+
+    def _ask(self, line: Optional[str]) -> Optional[Dict]:
+        """Send a line (None: just read) and wait for the answer; a child that died is an error row."""
+        if self.error:
+            return None
+        try:
+            if line is not None:
+                self.proc.stdin.write(line + "\n")
+                self.proc.stdin.flush()
+            for text in self.proc.stdout:
+                if text.startswith(ANSWER):
+                    return json.loads(text[len(ANSWER):])
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.wait()
+        self.stderr.seek(0)
+        self.error = (self.stderr.read().strip().splitlines() or [f"exited with {self.proc.returncode}"])[-1]
+        return None
+
+
 def _available_providers() -> List[str]:
     try:
         import onnxruntime
     except ImportError:
         return []
     return onnx_providers(onnxruntime.get_available_providers())
-
-
-def _child(path: Path, iterations: int, warmup: int, split: Optional[str], run_dir: Path,
-           provider: Optional[str] = None, flip_average: bool = False) -> Dict:
-    return _in_child("measure_model", [str(path), iterations, warmup, split, str(run_dir), provider, flip_average])
 
 
 def _in_child(function: str, arguments: List) -> Dict:
@@ -270,7 +368,9 @@ def markdown(result: Dict) -> str:
     lines = [f"Machine: {cpu_description(m)}, GPU {m.get('gpu') or 'none'}, "
              f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
-             f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, {result['when']}.", "",
+             f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, taken in "
+             f"{result['rounds']} rounds in which the models take turns (the line's run between rounds "
+             f"{result['rounds'] // 2} and {result['rounds'] // 2 + 1}), {result['when']}.", "",
              "| backend | precision | runs on | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
              "x vs PyTorch | x vs ORT FP32 | test accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
