@@ -3,8 +3,11 @@
 Loose items are convex or nearly so; where two touch or one lies over the other, the blob's
 outline has a notch on each side of the contact (the hull's deepest defects). The blob is cut
 along the chord between the pair of deep notches that gives the shortest cut for their depth,
-and each side is cut again while it is still less convex than one item (three abreast). A
-blob filling SOLID of its convex hull is one item. Two items lying edge to edge with parallel
+and each side is cut again while it is still less convex than one item (three abreast). The
+chord joins the notches, but the items meet along the upper one's outline (its corner can
+reach well past the chord): the pixels near the chord go to the side the image joins them to.
+A blob filling SOLID of its convex hull is one item; a blob cut by the view's edge is not cut
+(its outline changes as it enters or leaves). Two items lying edge to edge with parallel
 sides and ends level leave no notch and stay one segment (the tracker reports them merged).
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ NOTCH_DEPTH = 0.08     # a hull defect this deep (share of the blob's sqrt(area)
 MIN_PART = 0.15        # neither side of a cut may hold less than this share of the blob
 CUT_INSIDE = 0.9       # share of a cut's length that must run through the blob (not across the belt)
 MAX_CUTS = 3           # cut depth: up to 2**3 items in one blob
+SETTLE_BAND = 0.2      # pixels nearer the chord than this share of sqrt(area) are settled by the image
 CORNER_PX = 2          # how far opening may have shaved an outline
 CORNER_KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * CORNER_PX + 1, 2 * CORNER_PX + 1))
 
@@ -33,10 +37,12 @@ class Segment:
     touching: bool                    # split from a blob it shared with others
 
 
-def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) -> List[Segment]:
+def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None,
+             image: Optional[np.ndarray] = None) -> List[Segment]:
     """The items in `mask` (cleaned: opened against noise, closed to join an item's parts).
     `raw`, the mask before cleaning, gives the exact extents: opening shaves the corners of
-    a turned item, which would shorten it and make its ejection late."""
+    a turned item, which would shorten it and make its ejection late. `image`, the frame under
+    the mask, settles where cut items meet."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     found = []
     for label in range(1, count):
@@ -48,7 +54,10 @@ def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) 
         # Filled: where an item's colour is close to the belt's, its mask has holes (print, a dark
         # bottle), which would make waists inside one item and split it.
         blob = cv2.drawContours(np.zeros((h, w), np.uint8), outline, -1, 1, thickness=cv2.FILLED)
-        parts = _cut(blob)
+        # Seen in part at the view's upstream or downstream edge: its notches come and go from
+        # frame to frame, and each cut would be an item entering. It is cut once in view.
+        in_part = x == 0 or x + w == mask.shape[1]
+        parts = [blob] if in_part else _cut(blob, None if image is None else image[y:y + h, x:x + w])
         for part in parts:
             if cv2.countNonZero(part) >= min_area:
                 exact = None if raw is None else _exact(part, raw, x, y)
@@ -56,7 +65,7 @@ def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None) 
     return found
 
 
-def _cut(blob: np.ndarray, levels: int = MAX_CUTS) -> List[np.ndarray]:
+def _cut(blob: np.ndarray, image: Optional[np.ndarray] = None, levels: int = MAX_CUTS) -> List[np.ndarray]:
     """The blob in one part per item: cut between two deep notches of its outline, sides cut again."""
     contour = max(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea,
                   default=None)
@@ -65,10 +74,29 @@ def _cut(blob: np.ndarray, levels: int = MAX_CUTS) -> List[np.ndarray]:
     area = float(cv2.countNonZero(blob))
     if area >= SOLID * cv2.contourArea(cv2.convexHull(contour)):
         return [blob]   # as convex as one item
-    sides = _best_cut(blob, contour, area)
-    if sides is None:
+    found = _best_cut(blob, contour, area)
+    if found is None:
         return [blob]
-    return [part for side in sides for part in _cut(side, levels - 1)]
+    sides, chord = found
+    if image is not None:
+        sides = _settle(blob, sides, chord, image, SETTLE_BAND * np.sqrt(area))
+    return [part for side in sides for part in _cut(side, image, levels - 1)]
+
+
+def _settle(blob: np.ndarray, sides: List[np.ndarray], chord, image: np.ndarray, band: float) -> List[np.ndarray]:
+    """The sides with the pixels within `band` of the chord given to the side the image joins
+    them to: a watershed on the colour image, flooded from each side's pixels further away."""
+    line = cv2.line(np.full(blob.shape, 255, np.uint8), chord[0], chord[1], 0, 1)
+    near = (cv2.distanceTransform(line, cv2.DIST_L2, 3) < band) & (blob > 0)
+    markers = np.ones(blob.shape, np.int32)            # 1: the belt around the blob
+    for n, side in enumerate(sides):
+        markers[(side > 0) & ~near] = n + 2
+    markers[near] = 0
+    colour = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    cv2.watershed(np.ascontiguousarray(colour), markers)
+    # Watershed lines (-1) and pixels flooded from the belt stay with the side they were on.
+    return [(((markers == n + 2) | ((markers < 2) & (side > 0))) & (blob > 0)).astype(np.uint8)
+            for n, side in enumerate(sides)]
 
 
 def _notches(contour: np.ndarray, area: float) -> List[Tuple[Tuple[int, int], float]]:
@@ -84,9 +112,9 @@ def _notches(contour: np.ndarray, area: float) -> List[Tuple[Tuple[int, int], fl
             for _, _, far, depth in defects.reshape(-1, 4) if depth / 256.0 >= least]
 
 
-def _best_cut(blob: np.ndarray, contour: np.ndarray, area: float) -> Optional[List[np.ndarray]]:
-    """The two sides of the shortest cut for its notches' depth that runs through the blob and
-    leaves no side under MIN_PART; None when no pair of notches gives one."""
+def _best_cut(blob: np.ndarray, contour: np.ndarray, area: float):
+    """(the two sides, the chord) of the shortest cut for its notches' depth that runs through
+    the blob and leaves no side under MIN_PART; None when no pair of notches gives one."""
     best_score, best = np.inf, None
     for (a, depth_a), (b, depth_b) in combinations(_notches(contour, area), 2):
         length = float(np.hypot(a[0] - b[0], a[1] - b[1]))
@@ -104,7 +132,7 @@ def _best_cut(blob: np.ndarray, contour: np.ndarray, area: float) -> Optional[Li
             continue
         largest = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
         if stats[largest[1], cv2.CC_STAT_AREA] >= MIN_PART * area:
-            best_score, best = score, [(labels == k).astype(np.uint8) for k in largest]
+            best_score, best = score, ([(labels == k).astype(np.uint8) for k in largest], (a, b))
     return best
 
 
