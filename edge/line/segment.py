@@ -24,6 +24,7 @@ NOTCH_DEPTH = 0.08     # a hull defect this deep (share of the blob's sqrt(area)
 MIN_PART = 0.15        # neither side of a cut may hold less than this share of the blob
 CUT_INSIDE = 0.9       # share of a cut's length that must run through the blob (not across the belt)
 MAX_CUTS = 3           # cut depth: up to 2**3 items in one blob
+MAX_NOTCHES = 8        # the deepest notches tried (a ragged outline has many shallow ones): 28 chords at most
 SETTLE_BAND = 0.2      # pixels nearer the chord than this share of sqrt(area) are settled by the image
 CORNER_PX = 2          # how far opening may have shaved an outline
 CORNER_KERNEL = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * CORNER_PX + 1, 2 * CORNER_PX + 1))
@@ -115,25 +116,31 @@ def _notches(contour: np.ndarray, area: float) -> List[Tuple[Tuple[int, int], fl
 def _best_cut(blob: np.ndarray, contour: np.ndarray, area: float):
     """(the two sides, the chord) of the shortest cut for its notches' depth that runs through
     the blob and leaves no side under MIN_PART; None when no pair of notches gives one."""
-    best_score, best = np.inf, None
-    for (a, depth_a), (b, depth_b) in combinations(_notches(contour, area), 2):
-        length = float(np.hypot(a[0] - b[0], a[1] - b[1]))
-        score = length / (depth_a + depth_b)
-        if length < 2 or score >= best_score:
-            continue
-        steps = int(length) + 1
-        xs = np.linspace(a[0], b[0], steps).round().astype(int)
-        ys = np.linspace(a[1], b[1], steps).round().astype(int)
-        if blob[ys, xs].mean() < CUT_INSIDE:
-            continue
-        cut = cv2.line(blob.copy(), a, b, 0, 2)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
-        if count < 3:
-            continue
-        largest = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
-        if stats[largest[1], cv2.CC_STAT_AREA] >= MIN_PART * area:
-            best_score, best = score, ([(labels == k).astype(np.uint8) for k in largest], (a, b))
-    return best
+    notches = sorted(_notches(contour, area), key=lambda notch: notch[1])[-MAX_NOTCHES:]
+    chords = sorted((float(np.hypot(a[0] - b[0], a[1] - b[1])) / (depth_a + depth_b), a, b)
+                    for (a, depth_a), (b, depth_b) in combinations(notches, 2) if a != b)
+    for _, a, b in chords:   # the best first: the first that cuts the blob in two is the cut
+        sides = _sides(blob, a, b, area)
+        if sides is not None:
+            return sides, (a, b)
+    return None
+
+
+def _sides(blob: np.ndarray, a, b, area: float) -> Optional[List[np.ndarray]]:
+    """The blob's two largest parts with the chord a-b taken out, if the chord runs through the
+    blob and neither part is under MIN_PART."""
+    steps = int(np.hypot(a[0] - b[0], a[1] - b[1])) + 1
+    xs = np.linspace(a[0], b[0], steps).round().astype(int)
+    ys = np.linspace(a[1], b[1], steps).round().astype(int)
+    if blob[ys, xs].mean() < CUT_INSIDE:
+        return None
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.line(blob.copy(), a, b, 0, 2), connectivity=4)
+    if count < 3:
+        return None
+    largest = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
+    if stats[largest[1], cv2.CC_STAT_AREA] < MIN_PART * area:
+        return None
+    return [(labels == k).astype(np.uint8) for k in largest]
 
 
 def _exact(part: np.ndarray, raw: np.ndarray, x0: int, y0: int) -> Tuple[int, int, int, int]:
