@@ -18,16 +18,23 @@ def belt_config(tmp_path, trained_run, **simulator):
                        simulator={"items": 8, "spacing_mm": 220, "item_length_mm": 110, **simulator})
 
 
-def detected_row(config, seed, **simulator):
-    """What the vision trigger finds (its own mask, cleaning and tracks) in the frame that shows
-    row 0 centred under the camera, having learned the empty belt: the lateral centres of the
-    detections on that row (the next row, entering, left out) and of the row's true items (mm)."""
+def trigger_on_empty_belt(config, seed, **simulator):
+    """A simulated conveyor (clock at t = 0) and a vision trigger that has learned its empty belt
+    (the first row is still upstream of the view at t = 0)."""
     conveyor = SimulatedConveyor(config.replace(simulator=config.simulator.replace(seed=seed, **simulator)))
     conveyor.t0 = 0.0
     trigger = VisionTrigger(config, BeltTracker(config.line))
     trigger.belt.t0 = 0.0
-    for n in range(config.trigger.learn_frames):   # the first row is still upstream of the view
+    for n in range(config.trigger.learn_frames):
         trigger.observe(Frame(conveyor.render(0.0), 0.0, n, None))
+    return conveyor, trigger
+
+
+def detected_row(config, seed, **simulator):
+    """What the vision trigger finds (its own mask, cleaning and tracks) in the frame that shows
+    row 0 centred under the camera: the lateral centres of the detections on that row (the next
+    row, entering, left out) and of the row's true items (mm)."""
+    conveyor, trigger = trigger_on_empty_belt(config, seed, **simulator)
     row = [item for item in conveyor.items if item.row == 0]
     t = conveyor.motion.time_at(row[0].s_mm)
     trigger.observe(Frame(conveyor.render(t), t, 100, None))
@@ -53,15 +60,13 @@ def test_touching_and_overlapping_items_are_cut_apart_and_single_items_never_are
 
 def frame_by_frame(config, seed=1):
     """The vision trigger fed every frame of a whole simulated run, at the camera's rate, each
-    rendered at its capture time (no real time: the same frames on every machine): the tracks
-    it started, and the items it handed to classification."""
-    conveyor = SimulatedConveyor(config.replace(simulator=config.simulator.replace(seed=seed)))
-    conveyor.t0 = 0.0
-    trigger = VisionTrigger(config, BeltTracker(config.line))
-    trigger.belt.t0 = 0.0
-    entered = decided = seq = 0
+    rendered at its capture time (no real time: the same frames on every machine): how many
+    items it saw enter, and how many it handed to classification."""
+    conveyor, trigger = trigger_on_empty_belt(config, seed)
+    entered = decided = 0
+    seq = config.trigger.learn_frames
     while conveyor.motion.position(seq / config.source.fps) < conveyor.end_position:
-        t = seq / config.source.fps if seq >= config.trigger.learn_frames else 0.0
+        t = seq / config.source.fps
         decided += len(trigger.observe(Frame(conveyor.render(t), t, seq, None)))
         entered += trigger.take_entered()
         seq += 1

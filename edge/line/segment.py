@@ -68,9 +68,11 @@ def segments(mask: np.ndarray, min_area: int, raw: Optional[np.ndarray] = None,
 
 def _cut(blob: np.ndarray, image: Optional[np.ndarray] = None, levels: int = MAX_CUTS) -> List[np.ndarray]:
     """The blob in one part per item: cut between two deep notches of its outline, sides cut again."""
+    if levels == 0:
+        return [blob]
     contour = max(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea,
                   default=None)
-    if levels == 0 or contour is None or len(contour) < 5:
+    if contour is None or len(contour) < 5:
         return [blob]
     area = float(cv2.countNonZero(blob))
     if area >= SOLID * cv2.contourArea(cv2.convexHull(contour)):

@@ -89,9 +89,9 @@ class Tracker:
             if id(track) in claimed:
                 continue
             track.missing += 1
-            hidden = track.decided or any(overlap(track.last, d) > 0 for d in detections)
-            if hidden and exit_s is not None and track.last.s_mm + track.last.length_mm / 2 >= exit_s:
-                continue  # still (partly) in view
+            in_view = exit_s is not None and track.last.span()[1] >= exit_s   # its upstream end
+            if in_view and (track.decided or any(overlap(track.last, d) > 0 for d in detections)):
+                continue  # hidden, not gone
             if track.missing >= LOST_AFTER_FRAMES:
                 ended.append(track)
         self.tracks = [t for t in self.tracks if t not in ended]

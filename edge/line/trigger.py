@@ -119,11 +119,11 @@ class VisionTrigger(Trigger):
     def observe(self, frame: Frame) -> List[Observation]:
         x0, y0, rw, rh = self._roi(frame.image)
         belt_mm = self.belt.position_at_capture(frame.t_capture, frame.encoder)
-        masks = self._foreground(frame.image[y0:y0 + rh, x0:x0 + rw], belt_mm)
+        roi = frame.image[y0:y0 + rh, x0:x0 + rw]
+        masks = self._foreground(roi, belt_mm)
         if masks is None:
             return []
-        found = segments(masks[0], int(self.cfg.min_area * rw * rh), raw=masks[1],
-                         image=frame.image[y0:y0 + rh, x0:x0 + rw])
+        found = segments(masks[0], int(self.cfg.min_area * rw * rh), raw=masks[1], image=roi)
         detections = [self._detection(seg, frame, (x0, y0, rw, rh), belt_mm) for seg in found]
         segment_of = {id(d): seg for d, seg in zip(detections, found)}
         exit_mm = (x0 + rw - frame.image.shape[1] / 2) * self.line.mm_per_px   # the view's downstream edge
