@@ -369,8 +369,9 @@ def markdown(result: Dict) -> str:
              f"ONNX Runtime {m.get('onnxruntime')}, TensorRT {m.get('tensorrt') or 'not installed'}, "
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
              f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, taken in "
-             f"{result['rounds']} rounds in which the models take turns (the line's run between rounds "
-             f"{result['rounds'] // 2} and {result['rounds'] // 2 + 1}), {result['when']}.", "",
+             f"{result['rounds']} rounds in which the models take turns"
+             + (f" (the line's run between rounds {result['rounds'] // 2} and {result['rounds'] // 2 + 1})"
+                if "daemon" in result else "") + f", {result['when']}.", "",
              "| backend | precision | runs on | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
              "x vs PyTorch | x vs ORT FP32 | test accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
