@@ -99,6 +99,8 @@ def test_cross_checks_and_finite_numbers(tmp_path):
         load_config(write(tmp_path, "decision:\n  pulse_ms: 200\n"))
     with pytest.raises(ConfigError, match=r"'web.bind' must be an IP address"):
         load_config(write(tmp_path, "web:\n  bind: everywhere\n"))
+    with pytest.raises(ConfigError, match=r"faint_threshold \(30\) must not exceed diff_threshold \(20\)"):
+        load_config(write(tmp_path, "trigger:\n  diff_threshold: 20\n  faint_threshold: 30\n"))
 
 
 def test_every_config_error_exits_78(tmp_path, caplog):

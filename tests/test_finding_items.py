@@ -79,6 +79,20 @@ def test_a_turned_item_is_measured_to_its_corners(config, angle):
     assert np.allclose(box_of(found[0], 100 / FPS), boxes[0], atol=1.0), (box_of(found[0], 100 / FPS), boxes[0])
 
 
+def test_an_item_whose_leading_edge_looks_like_the_belt_is_measured_to_that_edge(config):
+    """The last 6 px (7.5 mm) of an item differ from the belt by 25 levels, under diff_threshold
+    (40) but over faint_threshold (20): next to the item's clear pixels they are its edge, so its
+    length, which starts its valves' pulse, is whole (measured short, the pulse would be 15 ms
+    late at 500 mm/s). The same faint colour with nothing clear beside it is no item."""
+    trigger = trigger_on_empty_belt(config)
+    faint = (BELT_GREY + 25,) * 3
+    frame, (whole, _, alone) = belt_frame([(153, 60, 106, 50, 0, faint), (150, 60, 100, 50, 0, (200, 200, 200)),
+                                          (60, 120, 60, 40, 0, faint)])
+    found = detections(trigger, frame)
+    assert len(found) == 1, [box_of(d, 100 / FPS) for d in found]
+    assert np.allclose(box_of(found[0], 100 / FPS), whole, atol=1.0), (box_of(found[0], 100 / FPS), whole)
+
+
 def test_an_item_lying_over_another_is_measured_to_its_corner_inside_the_other(config):
     """A turned item lies over a straight one and reaches 15 px into it with a corner. The cut
     between the notches of their outline runs across that corner; the image moves it to where

@@ -44,6 +44,10 @@ class TriggerConfig(Section):
     roi: Tuple[Float, Float, Float, Float] = Field((0.0, 0.0, 1.0, 1.0),
                                                    description="x, y, w, h as fractions of the frame")
     diff_threshold: Int = Field(40, ge=1, le=255, description="levels (0-255) of any colour channel between the frame and the empty belt")
+    faint_threshold: Optional[Int] = Field(None, ge=1, le=255, description="levels: pixels differing this much (less "
+                                           "than diff_threshold) within faint_reach_mm of an item's clear pixels are its "
+                                           "faint edge, a part that looks like the belt (default: half diff_threshold)")
+    faint_reach_mm: Float = Field(10.0, ge=0, description="how far an item's faint edge may reach past its clear pixels")
     min_area: Float = Field(0.03, gt=0, le=1, description="smallest item, as a fraction of the ROI")
     learn_frames: Int = Field(10, ge=1, description="empty-belt frames averaged at start")
     edge_margin_px: Int = Field(4, ge=0, description="an item touching the ROI edge is not fully in view yet")
@@ -58,6 +62,17 @@ class TriggerConfig(Section):
         if not all(0 <= v <= 1 for v in roi) or roi[2] <= 0 or roi[3] <= 0:
             raise ValueError("must be [x, y, w, h] as fractions of the frame (0..1, w and h > 0)")
         return roi
+
+    @model_validator(mode="after")
+    def _faint_below_clear(self):
+        if self.faint_threshold is not None and self.faint_threshold > self.diff_threshold:
+            raise ValueError(f"faint_threshold ({self.faint_threshold}) must not exceed diff_threshold "
+                             f"({self.diff_threshold}): it is the lower of the two")
+        return self
+
+    @property
+    def faint_levels(self) -> int:
+        return self.faint_threshold if self.faint_threshold is not None else max(1, self.diff_threshold // 2)
 
 
 class ValveBankConfig(Section):

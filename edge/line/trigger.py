@@ -110,6 +110,8 @@ class VisionTrigger(Trigger):
         self.kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
         join = max(3, int(self.cfg.join_mm / self.line.mm_per_px) | 1)
         self.join_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (join, join))
+        reach = 2 * int(round(self.cfg.faint_reach_mm / self.line.mm_per_px)) + 1
+        self.faint_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (reach, reach))
 
     def _roi(self, image: np.ndarray):
         h, w = image.shape[:2]
@@ -184,7 +186,12 @@ class VisionTrigger(Trigger):
         # (In 8 bits, channel by channel with OpenCV: a numpy max over the channel axis costs 30x.)
         channels = cv2.split(cv2.absdiff(roi, cv2.convertScaleAbs(self.background)))
         difference = cv2.max(cv2.max(channels[0], channels[1]), channels[2])
-        raw = cv2.threshold(difference, self.cfg.diff_threshold, 1, cv2.THRESH_BINARY)[1]
+        clear = cv2.threshold(difference, self.cfg.diff_threshold, 1, cv2.THRESH_BINARY)[1]
+        # An item's edge that looks like the belt (a pale backdrop, a shadowed corner) differs less:
+        # taken down to faint_threshold where it lies next to the item's clear pixels, so the item
+        # is not measured short (its pulse would start late). Apart, that little is noise.
+        faint = cv2.threshold(difference, self.cfg.faint_levels, 1, cv2.THRESH_BINARY)[1]
+        raw = clear | (faint & cv2.dilate(clear, self.faint_kernel))
         mask = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self.kernel)
         # Follow slow lighting and belt changes where no item is: a plant runs for months.
         cv2.accumulateWeighted(roi, self.background, BACKGROUND_ADAPT, mask=(1 - mask))
