@@ -381,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-accuracy", action="store_true", help="latency only (no test-split pass)")
-    p.add_argument("--daemon-items", type=int, default=40,
-                   help="items for each of the line's two runs on the simulated belt (0: skip)")
+    p.add_argument("--daemon-items", type=int, default=40, help="items for the simulated line (0: skip)")
     p.add_argument("--belt", action="store_true",
                    help="instead: the line at three belt densities against the simulator's truth (real time)")
     p.add_argument("--belt-items", type=int, default=200, help="items per density with --belt")

@@ -190,10 +190,6 @@ class RuntimeConfig(Section):
         "during_run", description="how ONNX Runtime's threads wait for work: off (sleep), during_run (busy-wait inside "
                            "a run, sleep between runs) or always (also for a while after each run, taking the "
                            "CPU from the camera thread); true/false mean always/off")
-    keep_awake: Bool = Field(False, description="keep the cores out of their idle state between frames (a spinner "
-                                               "per core at SCHED_IDLE priority, yielding to any work at once): a "
-                                               "core woken from idle for each frame runs the model slower; costs "
-                                               "the cores' idle power (`scrapsort bench` runs the line both ways)")
     flip_average: Bool = Field(False, description="classify each item as seen and mirrored, and average the two "
                                                  "answers: a second inference per item (`scrapsort bench` measures "
                                                  "its accuracy and latency)")

@@ -2,7 +2,7 @@
 machine, plus the daemon's per-stage latency on the simulated conveyor.
 
 Each model runs in a process of its own (its peak memory its own); the models take turns in
-rounds, the line's two runs in the middle, so every ratio compares runs of the same minutes. Results go to
+rounds, the line's run in the middle, so every ratio compares runs of the same minutes. Results go to
 <run_dir>/bench/bench.json (with a description of the machine), bench.md and bench.png.
 """
 from __future__ import annotations
@@ -177,7 +177,7 @@ def _run(command: List[str]) -> Optional[str]:
 def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: bool = True,
           daemon_items: int = 40) -> Dict:
     """Every model loaded once in its own process; their timed runs taken in turns, ROUNDS of
-    them, half before the line's runs and half after, so that a shared machine's drift reaches
+    them, half before the line's run and half after, so that a shared machine's drift reaches
     every row and the line alike and the ratios of one run hold."""
     run_dir = config.run_path
     out_dir = run_dir / "bench"
@@ -189,12 +189,8 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
         result = {"machine": machine(), "iterations": per_round * ROUNDS, "warmup": warmup, "rounds": ROUNDS,
                   "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         if daemon_items:
-            # The line as configured, then with runtime.keep_awake the other way: what the cores'
-            # idle state between frames costs the line on this machine.
-            other = config.replace(runtime=config.runtime.replace(keep_awake=not config.runtime.keep_awake))
-            for key, line in (("daemon", config), ("daemon_other", other)):
-                began = time.monotonic()
-                result[key] = {**_daemon_latency(line, daemon_items), "window": [began, time.monotonic()]}
+            began = time.monotonic()
+            result["daemon"] = {**_daemon_latency(config, daemon_items), "window": [began, time.monotonic()]}
         _take_turns(children, ROUNDS - ROUNDS // 2, per_round)
         print("scoring ..." if accuracy else "finishing ...", flush=True)
         result["models"] = [child.finish() for child in children]
@@ -202,8 +198,7 @@ def bench(config: Config, iterations: int = 200, warmup: int = 20, accuracy: boo
         for child in children:
             child.close()
     if daemon_items:
-        for key in ("daemon", "daemon_other"):
-            _line_cost(result[key], result["models"], config.runtime.flip_average)
+        _line_cost(result, config.runtime.flip_average)
         if model_path(config).suffix == ".onnx":
             print("measuring ONNX Runtime's spinning modes ...", flush=True)
             result["spinning"] = _in_child("measure_spinning", [str(model_path(config)), iterations // 2,
@@ -341,16 +336,16 @@ def _daemon_latency(config: Config, items: int) -> Dict:
     sorter = Sorter.from_config(line, simulator=simulator).run_to_end()
     summary = summarize(sorter, simulator)
     stages = summary["latency_ms"]
-    return {"model": summary["model"], "keep_awake": config.runtime.keep_awake,
-            "items": summary["items_on_belt"], "accuracy": summary["accuracy"],
+    return {"model": summary["model"], "items": summary["items_on_belt"], "accuracy": summary["accuracy"],
             "latency_ms": stages, "ejection_error_ms": summary["ejection_error_ms"],
             "overhead_ms_p50": stages["capture_to_decision"]["p50"] - stages["inference"]["p50"]}
 
 
-def _line_cost(daemon: Dict, models: List[Dict], flip_average: bool = False) -> None:
+def _line_cost(result: Dict, flip_average: bool = False) -> None:
     """The line's own cost: its capture-to-decision p50 over the bare inference p50 of the same
     model file run the same way (flip-averaged or not), measured in this run (the first such row)."""
-    bare = next((r for r in models if "latency_ms" in r and
+    daemon = result["daemon"]
+    bare = next((r for r in result["models"] if "latency_ms" in r and
                  Path(r["model"]).resolve() == Path(daemon["model"]).resolve() and
                  r["backend"].endswith("flip-averaged") == flip_average), None)
     if bare is not None:
@@ -375,7 +370,7 @@ def markdown(result: Dict) -> str:
              f"torch {m.get('torch') or 'not installed'}, power mode {m.get('power_mode') or 'n/a'}.",
              f"Batch 1, {result['warmup']} warm-up + {result['iterations']} timed runs per model, taken in "
              f"{result['rounds']} rounds in which the models take turns"
-             + (f" (the line's two runs between rounds {result['rounds'] // 2} and {result['rounds'] // 2 + 1})"
+             + (f" (the line's run between rounds {result['rounds'] // 2} and {result['rounds'] // 2 + 1})"
                 if "daemon" in result else "") + f", {result['when']}.", "",
              "| backend | precision | runs on | p50 ms | p90 ms | p99 ms | max ms | throughput /s | peak RSS MiB | "
              "x vs PyTorch | x vs ORT FP32 | test accuracy |",
@@ -403,7 +398,6 @@ def markdown(result: Dict) -> str:
         for stage, p in d["latency_ms"].items():
             if p:
                 lines.append(f"| {stage} | {p['p50']:.2f} | {p['p90']:.2f} | {p['p99']:.2f} | {p['max']:.2f} |")
-        lines += _awake_table([d, result["daemon_other"]]) if "daemon_other" in result else []
     if "spinning" in result and "modes" in result["spinning"]:
         sp = result["spinning"]
         lines += ["", f"ONNX Runtime's threads between runs (`runtime.spinning`), {sp['cycles']} cycles each, "
@@ -414,19 +408,6 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {mode} | {m['after_idle_p50_ms']:.2f} | {m['back_to_back_p50_ms']:.2f} | "
                          f"{m['cpu_ms_per_cycle']:.1f} |")
     return "\n".join(lines) + "\n"
-
-
-def _awake_table(legs: List[Dict]) -> List[str]:
-    """The line run both ways: the cores left idle between frames, and kept awake."""
-    lines = ["", "The line with the cores idle between frames and kept awake (`runtime.keep_awake`), one run "
-                 "after the other, the same items:", "",
-             "| runtime.keep_awake | inference p50 ms in the loop | capture->decision p50 ms | line cost |",
-             "|---|---|---|---|"]
-    for d in sorted(legs, key=lambda leg: leg["keep_awake"]):
-        cost = f"{d['line_cost_ratio']:.2f}x" if "line_cost_ratio" in d else "-"
-        lines.append(f"| {str(d['keep_awake']).lower()} | {d['latency_ms']['inference']['p50']:.2f} | "
-                     f"{d['latency_ms']['capture_to_decision']['p50']:.2f} | {cost} |")
-    return lines
 
 
 def _plot(result: Dict, path: Path) -> None:

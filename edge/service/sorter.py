@@ -24,7 +24,6 @@ from edge.line.simulator import SimulatedConveyor
 from edge.line.sources import CaptureThread, Frame
 from edge.line.trigger import Observation
 from edge.plant.base import Actuator, all_off
-from edge.service.awake import CoresAwake
 from edge.service.http import HttpServer, status_app
 from edge.service.model_swap import ModelSwapper
 from edge.service.shadow import ShadowModel
@@ -58,7 +57,6 @@ class Sorter:
         self.web: Optional[HttpServer] = None
         self.operator = None
         self._open_http()
-        self.awake = CoresAwake() if self.config.runtime.keep_awake else None
         self.started = self._ready_sent = False
         self._links_ok = self._camera_was_ok = True
         self._link_state: Dict[int, bool] = {}
@@ -109,8 +107,6 @@ class Sorter:
         # holding it: Python's default 5 ms would show as ejection jitter.
         sys.setswitchinterval(GIL_SWITCH_S)
         self.audit.start()
-        if self.awake is not None:
-            self.awake.start()
         self.scheduler.start()
         if self.shadow is not None:
             self.shadow.start()
@@ -440,5 +436,3 @@ class Sorter:
         self.line.source.close()
         self.line.inputs.close()
         self.backend.close()
-        if self.awake is not None:
-            self.awake.stop()
