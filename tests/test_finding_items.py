@@ -22,11 +22,12 @@ def config(tmp_path):
                        line={"belt_speed_mm_s": SPEED, "mm_per_px": MM_PER_PX}, trigger={"join_mm": 10})
 
 
-def belt_frame(items=(), seed=0):
-    """The belt with sensor noise and filled, turned boxes: (frame, each box's true bounding rect).
-    An item is (centre x, centre y, length, width, angle, BGR colour) in pixels and degrees."""
+def belt_frame(items=(), seed=0, noise=6):
+    """The belt with sensor noise (0 to noise - 1 levels) and filled, turned boxes: (frame, each
+    box's true bounding rect). An item is (centre x, centre y, length, width, angle, BGR colour)
+    in pixels and degrees."""
     rng = np.random.default_rng(seed)
-    frame = np.full((HEIGHT, WIDTH, 3), BELT_GREY, np.uint8) + rng.integers(0, 6, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frame = np.full((HEIGHT, WIDTH, 3), BELT_GREY, np.uint8) + rng.integers(0, noise, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     boxes = []
     for cx, cy, length, width, angle, colour in items:
         corners = np.round(cv2.boxPoints(((cx, cy), (length, width), angle))).astype(np.int32)
@@ -36,12 +37,12 @@ def belt_frame(items=(), seed=0):
     return frame, boxes
 
 
-def trigger_on_empty_belt(config):
+def trigger_on_empty_belt(config, noise=6):
     """A vision trigger that has learned the empty belt, its belt clock starting at t = 0."""
     trigger = VisionTrigger(config, BeltTracker(config.line))
     trigger.belt.t0 = 0.0
     for n in range(config.trigger.learn_frames):
-        trigger.observe(Frame(belt_frame(seed=n)[0], -1.0, n, None))
+        trigger.observe(Frame(belt_frame(seed=n, noise=noise)[0], -1.0, n, None))
     return trigger
 
 
@@ -91,6 +92,21 @@ def test_an_item_whose_leading_edge_looks_like_the_belt_is_measured_to_that_edge
     found = detections(trigger, frame)
     assert len(found) == 1, [box_of(d, 100 / FPS) for d in found]
     assert np.allclose(box_of(found[0], 100 / FPS), whole, atol=1.0), (box_of(found[0], 100 / FPS), whole)
+
+
+def test_a_noisy_belt_raises_the_faint_edge_threshold_above_its_noise(config, caplog):
+    """Sensor noise of 0-45 levels strays up to 23 levels from the belt's median, above the faint
+    threshold (20): next to an item, noise would count as its edge and lengthen it. The trigger
+    measures the empty belt's noise while learning it and takes faint edges only above it,
+    saying so; the item is measured to its pixels, as on a quiet belt."""
+    trigger = trigger_on_empty_belt(config, noise=46)
+    assert trigger.faint_levels > config.trigger.faint_levels == 20
+    assert "faint edges are taken from" in caplog.text
+    for seed in range(20, 25):
+        frame, (box,) = belt_frame([(150, 80, 100, 60, 0, (200, 200, 200))], seed=seed, noise=46)
+        found = detections(trigger, frame)
+        assert len(found) == 1 and np.allclose(box_of(found[0], 100 / FPS), box, atol=1.0), \
+            (seed, box_of(found[0], 100 / FPS), box)
 
 
 def test_an_item_lying_over_another_is_measured_to_its_corner_inside_the_other(config):

@@ -46,7 +46,8 @@ class TriggerConfig(Section):
     diff_threshold: Int = Field(40, ge=1, le=255, description="levels (0-255) of any colour channel between the frame and the empty belt")
     faint_threshold: Optional[Int] = Field(None, ge=1, le=255, description="levels: pixels differing this much (less "
                                            "than diff_threshold) within faint_reach_mm of an item's clear pixels are its "
-                                           "faint edge, a part that looks like the belt (default: half diff_threshold)")
+                                           "faint edge, a part that looks like the belt (default: half diff_threshold; raised "
+                                           "above the empty belt's noise, measured while learning it)")
     faint_reach_mm: Float = Field(10.0, ge=0, description="how far an item's faint edge may reach past its clear pixels")
     min_area: Float = Field(0.03, gt=0, le=1, description="smallest item, as a fraction of the ROI")
     learn_frames: Int = Field(10, ge=1, description="empty-belt frames averaged at start")

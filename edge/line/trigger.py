@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BACKGROUND_ADAPT = 0.01   # per frame: about 3 s to follow a lighting change at 30 fps
 GHOST_TRAVEL_VIEWS = 2.0  # foreground this many view lengths of belt travel: no item rides that long
 GHOST_GRID = 4            # ghosts are watched on every 4th pixel in both directions
+NOISE_PERCENTILE = 99.9   # of the empty belt's stray from its median: its noise level
 
 
 @dataclass
@@ -104,6 +105,7 @@ class VisionTrigger(Trigger):
         self.tracker = Tracker()
         self.background: Optional[np.ndarray] = None
         self._learned, self._empty_frames = 0, []
+        self.faint_levels = self.cfg.faint_levels   # raised above the belt's noise once it is learned
         self._dwell_mm: Optional[np.ndarray] = None   # belt travel each watched pixel has stayed foreground
         self._last_belt_mm = 0.0
         # 3x3: removes single-pixel sensor noise (the item's exact extent comes from the raw mask).
@@ -178,7 +180,9 @@ class VisionTrigger(Trigger):
             self._empty_frames.append(roi.copy())   # during fewer than half the frames leaves no trace
             self._learned += 1
             if self._learned == self.cfg.learn_frames:
-                self.background = np.median(np.stack(self._empty_frames), axis=0).astype(np.float32)
+                frames = np.stack(self._empty_frames)
+                self.background = np.median(frames, axis=0).astype(np.float32)
+                self.faint_levels = self._above_noise(frames, self.background)
                 self._empty_frames = []
             return None
         # The largest difference of any colour channel: a brown box or a blue print can be as
@@ -190,7 +194,9 @@ class VisionTrigger(Trigger):
         # An item's edge that looks like the belt (a pale backdrop, a shadowed corner) differs less:
         # taken down to faint_threshold where it lies next to the item's clear pixels, so the item
         # is not measured short (its pulse would start late). Apart, that little is noise.
-        faint = cv2.threshold(difference, self.cfg.faint_levels, 1, cv2.THRESH_BINARY)[1]
+        # Opened: a faint edge is a region; single pixels there are the belt's noise.
+        faint = cv2.morphologyEx(cv2.threshold(difference, self.faint_levels, 1, cv2.THRESH_BINARY)[1],
+                                 cv2.MORPH_OPEN, self.kernel)
         raw = clear | (faint & cv2.dilate(clear, self.faint_kernel))
         mask = cv2.morphologyEx(raw, cv2.MORPH_OPEN, self.kernel)
         # Follow slow lighting and belt changes where no item is: a plant runs for months.
@@ -199,6 +205,24 @@ class VisionTrigger(Trigger):
         # Join the parts of one item that differ little from the belt (a pale edge, a shadow):
         # a fragment's centre would misplace the item and its ejection.
         return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel), raw
+
+    def _above_noise(self, frames: np.ndarray, background: np.ndarray) -> int:
+        """The faint-edge threshold, raised above the empty belt's own noise (the 99.9th percentile
+        of how far its frames stray from their median, in any channel): below it, sensor noise
+        next to an item would count as its edge and lengthen it (an early, wider pulse)."""
+        stray = np.abs(frames.astype(np.int16) - np.round(background).astype(np.int16)).max(axis=-1)
+        noise = int(np.percentile(stray, NOISE_PERCENTILE))
+        if noise >= self.cfg.diff_threshold:
+            log.warning("vision trigger: the empty belt's noise reaches %d levels, trigger.diff_threshold is %d: "
+                        "belt pixels will show as items; raise diff_threshold above %d or light the belt "
+                        "more evenly", noise, self.cfg.diff_threshold, noise)
+        wanted = self.cfg.faint_levels
+        if wanted > noise:
+            return wanted
+        raised = min(noise + 1, self.cfg.diff_threshold)
+        log.warning("vision trigger: the empty belt's noise reaches %d levels; faint edges are taken from %d "
+                    "levels instead of trigger.faint_threshold %d", noise, raised, wanted)
+        return raised
 
     def _heal_ghosts(self, roi: np.ndarray, mask: np.ndarray, belt_mm: float) -> None:
         """Pixels that stay foreground while the belt carries everything on it out of the view
