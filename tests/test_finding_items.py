@@ -109,6 +109,17 @@ def test_a_noisy_belt_raises_the_faint_edge_threshold_above_its_noise(config, ca
             (seed, box_of(found[0], 100 / FPS), box)
 
 
+def test_an_item_entering_while_the_belt_is_learned_is_not_taken_for_noise(config, caplog):
+    """An item coming into view during the last learning frames strays 130 levels from the belt's
+    median there: the noise is measured where no item passed, so the faint threshold stays."""
+    trigger = VisionTrigger(config, BeltTracker(config.line))
+    for n in range(config.trigger.learn_frames):
+        entering = [(n * 12 - 40, 80, 100, 60, 0, (200, 200, 200))] if n >= config.trigger.learn_frames - 3 else []
+        trigger.observe(Frame(belt_frame(entering, seed=n)[0], -1.0, n, None))
+    assert trigger.faint_levels == config.trigger.faint_levels == 20
+    assert "noise" not in caplog.text
+
+
 def test_an_item_lying_over_another_is_measured_to_its_corner_inside_the_other(config):
     """A turned item lies over a straight one and reaches 15 px into it with a corner. The cut
     between the notches of their outline runs across that corner; the image moves it to where

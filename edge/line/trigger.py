@@ -29,6 +29,7 @@ BACKGROUND_ADAPT = 0.01   # per frame: about 3 s to follow a lighting change at 
 GHOST_TRAVEL_VIEWS = 2.0  # foreground this many view lengths of belt travel: no item rides that long
 GHOST_GRID = 4            # ghosts are watched on every 4th pixel in both directions
 NOISE_PERCENTILE = 99.9   # of the empty belt's stray from its median: its noise level
+QUIET_SHARE = 0.1         # of the view that no item crossed while learning: enough to measure the noise
 
 
 @dataclass
@@ -207,16 +208,21 @@ class VisionTrigger(Trigger):
         return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.join_kernel), raw
 
     def _above_noise(self, frames: np.ndarray, background: np.ndarray) -> int:
-        """The faint-edge threshold, raised above the empty belt's own noise (the 99.9th percentile
-        of how far its frames stray from their median, in any channel): below it, sensor noise
-        next to an item would count as its edge and lengthen it (an early, wider pulse)."""
+        """The faint-edge threshold, raised above the empty belt's own noise: below it, sensor noise
+        next to an item would count as its edge and lengthen it (an early, wider pulse). The noise
+        is the 99.9th percentile of how far the frames stray from their median, in any channel, at
+        the pixels no item crossed while the belt was learned (an item entering the view then
+        strays by 100 levels and more)."""
         stray = np.abs(frames.astype(np.int16) - np.round(background).astype(np.int16)).max(axis=-1)
-        noise = int(np.percentile(stray, NOISE_PERCENTILE))
-        if noise >= self.cfg.diff_threshold:
-            log.warning("vision trigger: the empty belt's noise reaches %d levels, trigger.diff_threshold is %d: "
-                        "belt pixels will show as items; raise diff_threshold above %d or light the belt "
-                        "more evenly", noise, self.cfg.diff_threshold, noise)
+        crossed = (stray >= self.cfg.diff_threshold).any(axis=0).astype(np.uint8)
+        quiet = cv2.dilate(crossed, self.faint_kernel) == 0   # nor an item's faint edge
         wanted = self.cfg.faint_levels
+        if quiet.mean() < QUIET_SHARE:
+            log.warning("vision trigger: the empty belt's noise could not be measured (items or noise above "
+                        "trigger.diff_threshold at %.0f %% of the view while it was learned); faint edges from "
+                        "trigger.faint_threshold %d", 100 * (1 - quiet.mean()), wanted)
+            return wanted
+        noise = int(np.percentile(stray[:, quiet], NOISE_PERCENTILE))
         if wanted > noise:
             return wanted
         raised = min(noise + 1, self.cfg.diff_threshold)
