@@ -320,6 +320,26 @@ def test_the_sorter_lets_a_waiting_thread_take_the_gil_within_a_millisecond(tmp_
         sys.setswitchinterval(before)
 
 
+def test_a_full_garbage_collection_on_the_running_line_walks_only_what_the_line_made(tmp_path, trained_run):
+    """A full collection holds the GIL while it walks every tracked object: with the libraries
+    and models of a loaded process in it, the ejection timer would wait tens of milliseconds."""
+    import gc
+    import time
+
+    from tests.conftest import simulated_sorter
+
+    sorter = simulated_sorter(line_config(tmp_path, trained_run[1]))
+    try:
+        sorter.start()
+        started = time.perf_counter()
+        gc.collect()
+        took_ms = 1000 * (time.perf_counter() - started)
+        assert took_ms < 5.0, f"a full collection took {took_ms:.1f} ms over {len(gc.get_objects())} objects"
+    finally:
+        sorter.shutdown()
+        gc.unfreeze()
+
+
 def wait_until(condition, timeout=2.0):
     import time
 

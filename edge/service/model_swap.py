@@ -4,15 +4,15 @@ A request (SIGHUP: the configured model again; the operator page: a file in mode
 rollback) is prepared on a thread of its own: the new model is opened with the line's runtime
 settings, its metadata checked (classes = the line's bins, preprocessing, input shape; a
 TensorRT engine built for another GPU or TensorRT fails to open and says so) and a canary set
-classified by it and by the running model, each in a second low-priority single-threaded
-instance. Only a model that passes is staged; the sorting loop takes it between two items, so
-no item is dropped or decided twice, and closes the old one. Anything that fails leaves the
+classified by it and by the running model, each single-threaded, in a low-priority child
+process (edge.service.aside: never holding the loop's GIL). Only a model that passes is
+staged; the sorting loop takes it between two items, so no item is dropped or decided twice,
+and closes the old one. Anything that fails leaves the
 running model in place and says why (log, audit event, /api/model).
 """
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.config import Config
 from edge.errors import ImageError, ScrapsortError
+from edge.service.aside import run_aside
 from edge.service.wiring import runtime_options
 from edge.vision.backends import Backend, ModelInfo, open_backend, open_side_instance
 from edge.vision.dataset import MANIFEST_NAME, Manifest
@@ -32,7 +33,7 @@ from edge.vision.predict import Classifier
 from edge.vision.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
-CANARY_NICE = 10  # the canary's thread yields the cores to the sorting loop
+CANARY_TIMEOUT_S = 600.0  # two models on the canary images, one thread each, at low priority
 
 
 class SwapBusy(ScrapsortError):
@@ -160,7 +161,6 @@ class ModelSwapper:
         self.request(Path(self.previous), "rollback")
 
     def _prepare(self, path: Path, reason: str) -> None:
-        lower_priority()
         running = self._running()
         backend = None
         try:
@@ -170,7 +170,7 @@ class ModelSwapper:
             pre = check_metadata(self.config, backend)
             if backend.info.sha256 == running.sha256:
                 raise SwapRefused(f"{path}: the running model already (sha256 {running.sha256[:12]})")
-            checks = run_canary(self.config, path, Path(running.path))
+            checks = run_aside(run_canary, self.config, path, Path(running.path), timeout=CANARY_TIMEOUT_S)
         except Exception as exc:  # any failure keeps the running model: say why, never raise on the line
             if backend is not None:
                 backend.close()
@@ -214,11 +214,3 @@ class ModelSwapper:
         staged = self.take()
         if staged is not None:
             staged.backend.close()
-
-
-def lower_priority() -> None:
-    """This thread (a canary, the shadow model) yields the cores to the sorting loop."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CANARY_NICE)
-    except (AttributeError, OSError):
-        pass  # not Linux: the canary runs at the loop's priority

@@ -1,9 +1,11 @@
 """Shadow mode: a candidate model classifies the same crops as the live one, off the hot path.
 
 The loop hands each decided crop over without waiting (a full queue drops it, counted); the
-shadow thread runs one inference thread at low priority, and only while the loop has no item
-in hand, so it never delays a decision or an ejection. Each answer and whether it agreed with
-the live model go to the audit log's `shadow` table and to /metrics (agreement per class).
+shadow thread passes it on, only while the loop has no item in hand, to the candidate in a
+low-priority child process with one inference thread (edge.service.aside: a process, so that
+it never holds the loop's GIL), so it never delays a decision or an ejection. Each answer and
+whether it agreed with the live model go to the audit log's `shadow` table and to /metrics
+(agreement per class). A candidate whose process dies stops shadowing; the line sorts on.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from edge.config import Config
-from edge.vision.backends import open_side_instance
-from edge.vision.predict import Classifier
+from edge.service.aside import SideModel
 from edge.vision.scoring import softmax
 
 log = logging.getLogger(__name__)
@@ -27,19 +28,18 @@ class ShadowModel(threading.Thread):
     def __init__(self, config: Config, telemetry, audit, line_idle: Callable[[float], None]):
         super().__init__(name="shadow", daemon=True)
         path = Path(config.models.shadow)
-        self.backend = open_side_instance(path, config.runtime.flip_average)
-        if list(self.backend.info.classes) != list(config.classes):
-            classes = list(self.backend.info.classes)
-            self.backend.close()
+        self.model = SideModel(path, config.runtime.flip_average, name="shadow")
+        if list(self.model.info.classes) != list(config.classes):
+            classes = list(self.model.info.classes)
+            self.model.close()
             raise ValueError(f"models.shadow {path}: classes {classes} differ from the line's {list(config.classes)}")
-        self.classifier = Classifier(self.backend)
         self.telemetry, self.audit, self._line_idle = telemetry, audit, line_idle
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=config.models.shadow_queue)
-        telemetry.shadow_model(self.backend.info)
+        telemetry.shadow_model(self.model.info)
 
     @property
     def info(self):
-        return self.backend.info
+        return self.model.info
 
     def offer(self, row: Dict, crop: np.ndarray) -> None:
         """Never waits: when the shadow is behind, the crop is dropped and counted."""
@@ -49,9 +49,6 @@ class ShadowModel(threading.Thread):
             self.telemetry.shadow_dropped.inc()
 
     def run(self) -> None:
-        from edge.service.model_swap import lower_priority
-
-        lower_priority()
         while True:
             entry = self._queue.get()
             if entry is None:
@@ -62,17 +59,20 @@ class ShadowModel(threading.Thread):
             except Exception as exc:  # a failing candidate must not take anything else down
                 self.telemetry.shadow_dropped.inc()
                 log.error("shadow model failed on item %s: %s", entry[0]["item_id"], exc)
+                if not self.model.alive:
+                    log.error("shadow model stopped; crops offered from now on are dropped and counted")
+                    return
 
     def _classify(self, row: Dict, crop: np.ndarray) -> None:
-        logits = self.classifier.logits(crop)
+        logits = self.model.logits(crop)
         probs = softmax(np.asarray(logits, np.float64))
         index = int(np.argmax(probs))
-        label, confidence = self.backend.info.classes[index], float(probs[index])
+        label, confidence = self.model.info.classes[index], float(probs[index])
         agrees = bool(np.all(np.isfinite(probs))) and label == row["class"]
         self.telemetry.shadow_items.labels(row["class"], "yes" if agrees else "no").inc()
         self.audit.shadow({"item_id": row["item_id"], "live_class": row["class"], "live_confidence": row["confidence"],
                            "class": label, "confidence": confidence, "agrees": agrees,
-                           "model_sha256": self.backend.info.sha256, "model_version": self.backend.info.label})
+                           "model_sha256": self.model.info.sha256, "model_version": self.model.info.label})
 
     def close(self) -> None:
         try:
@@ -81,4 +81,4 @@ class ShadowModel(threading.Thread):
             pass
         if self.ident is not None:
             self.join(timeout=5)
-        self.backend.close()
+        self.model.close()

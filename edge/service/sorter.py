@@ -8,6 +8,7 @@ from build_line(); the Sorter only runs them.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -106,6 +107,11 @@ class Sorter:
         # A thread waiting for the GIL (the ejection timer) waits up to this long for the one
         # holding it: Python's default 5 ms would show as ejection jitter.
         sys.setswitchinterval(GIL_SWITCH_S)
+        # A full garbage collection holds the GIL while it walks every tracked object: the
+        # libraries and models loaded so far are frozen out of it (they live as long as the
+        # process), so one walks only what the line made since.
+        gc.collect()
+        gc.freeze()
         self.audit.start()
         self.scheduler.start()
         if self.shadow is not None:
