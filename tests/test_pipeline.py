@@ -220,6 +220,15 @@ def test_low_res_epochs_train_on_smaller_batches_then_the_deployed_size(tmp_path
     assert f"training on cpu ({torch.get_num_threads()} threads, fp32)" in capsys.readouterr().out  # what ran where
 
 
+def test_progressive_resizing_steps_up_to_the_deployed_size_in_equal_runs():
+    from edge.config.model import LowResConfig
+
+    ramp = LowResConfig(size=128, epochs=10, progressive=True)
+    assert [ramp.size_at(epoch, 224) for epoch in range(1, 13)] == [128] * 4 + [160] * 3 + [192] * 3 + [None] * 2
+    assert [LowResConfig(size=128, epochs=2).size_at(epoch, 224) for epoch in (1, 2, 3)] == [128, 128, None]
+    assert LowResConfig().size_at(1, 224) is None
+
+
 def test_a_low_res_size_the_backbone_cannot_take_is_refused_with_the_fix(tmp_path):
     from edge.config import load_config
     from edge.errors import ConfigError

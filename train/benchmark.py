@@ -70,8 +70,10 @@ def _input_pipeline(dataset, cfg, batches: int) -> Dict:
 
 
 def low_res_sizes(input_size: int) -> List[int]:
-    """train.low_res candidates: about 5/7 and 4/7 of the side (160 and 128 for 224), multiples of 32."""
-    return sorted({size for size in (input_size * 5 // 7 // 32 * 32, input_size * 4 // 7 // 32 * 32)
+    """train.low_res sizes: about 6/7, 5/7 and 4/7 of the side (192, 160 and 128 for 224), multiples
+    of 32 (progressive resizing steps through them)."""
+    return sorted({size for size in (input_size * 6 // 7 // 32 * 32, input_size * 5 // 7 // 32 * 32,
+                                     input_size * 4 // 7 // 32 * 32)
                    if 32 <= size < input_size}, reverse=True)
 
 

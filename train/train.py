@@ -149,7 +149,7 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
         started = time.monotonic()
         set_train_mode(model, config.model.backbone, config.model.freeze_stages)
         sampler.set_epoch(epoch)
-        size = cfg.low_res.size if epoch <= cfg.low_res.epochs and cfg.low_res.size else None
+        size = cfg.low_res.size_at(epoch, spec.input_size)
         train_loss, train_acc = group_mean(group, _run_epoch(stepped, train_loader, criterion, device,
                                                              f"epoch {epoch}/{cfg.epochs}", progress, layout,
                                                              dataclasses.replace(step, size=size)))

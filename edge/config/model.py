@@ -80,6 +80,18 @@ class LowResConfig(Section):
     statistics and the filters to the deployed scale."""
     size: Int = Field(0, ge=0, description="pixels (a multiple of 32, below model.input_size); 0: off")
     epochs: Int = Field(0, ge=0, description="how many of train.epochs run at that size")
+    progressive: bool = Field(False, description="grow from size towards model.input_size in steps of 32, in equal "
+                                                 "runs of those epochs (progressive resizing): each step changes "
+                                                 "the scale the filters learn less than one jump to the full size")
+
+    def size_at(self, epoch: int, input_size: int) -> Optional[int]:
+        """The side an epoch (1-based) trains at; None: model.input_size."""
+        if not self.size or epoch > self.epochs:
+            return None
+        if not self.progressive:
+            return self.size
+        steps = range(self.size, input_size, 32)  # the sizes below the full one
+        return steps[(epoch - 1) * len(steps) // self.epochs]
 
     @model_validator(mode="after")
     def _multiple_of_32(self):
