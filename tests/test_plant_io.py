@@ -343,6 +343,28 @@ def test_gpio_driver_logic_caps_pulses_and_switches_off():
     assert lines.state == [False] * 3   # the cancelled timer does not switch anything later
 
 
+def test_a_gpio_bank_opens_its_valves_together_and_a_valve_pulsed_again_stays_on(monkeypatch):
+    """On a loaded machine a thread start can take milliseconds: the valves must all be on
+    before any timer thread starts (one per valve opened a bank's valves ~8 ms apart)."""
+    import threading
+
+    start = threading.Timer.start
+    monkeypatch.setattr(threading.Timer, "start", lambda timer: (time.sleep(0.005), start(timer)))
+    lines = RecordingLines(6)
+    actuator = GpioActuator(GpioActuatorConfig(type="gpio", lines=(1, 2, 3, 4, 5, 6)), max_pulse_s=0.5, lines=lines)
+    actuator.pulse_valves([1, 2, 3, 4], 0.06, "000001")
+    on = [t for t, _, state in lines.changes if state]
+    assert len(on) == 4 and max(on) - min(on) < 0.001
+    time.sleep(0.03)
+    actuator.pulse(2, 0.1, "000002")      # the next item needs valve 2 again before the bank's end
+    time.sleep(0.06)                      # the bank's pulse has ended
+    assert lines.state == [False, False, True, False, False, False]
+    time.sleep(0.1)
+    assert lines.state == [False] * 6
+    off = {index: t for t, index, state in lines.changes if not state}
+    assert 0.06 <= off[1] - min(on) < 0.09 and off[2] - min(on) >= 0.13
+
+
 def test_several_drivers_at_once_and_one_failing(tmp_path):
     class Broken(Actuator):
         name = "broken"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
+import time
 from abc import ABC, abstractmethod
-from typing import List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from edge.config import ActuatorConfig
 
@@ -17,6 +19,38 @@ log = logging.getLogger(__name__)
 # config `type` -> driver class; each imported only when configured (pymodbus, paho, gpiod are optional).
 ACTUATORS = {"simulated": "edge.plant.simulated:SimulatedActuator", "gpio": "edge.plant.gpio:GpioActuator",
              "modbus": "edge.plant.modbus:ModbusActuator", "mqtt": "edge.plant.mqtt:MqttActuator"}
+
+
+class PulseEnds:
+    """Switches outputs off when their pulse ends. A pulse's outputs (a bank's valves) share one
+    timer thread, started after they are all on: a thread start per valve opened a bank's
+    valves up to 8 ms apart on a loaded 2-core machine. An output pulsed again meanwhile stays
+    on until its later end. `started` is called under the driver's lock, `schedule` after it."""
+
+    def __init__(self, lock: threading.Lock, switch_off: Callable[[int], None]):
+        self._lock, self._switch_off = lock, switch_off
+        self._until: Dict[int, float] = {}
+
+    def started(self, outputs: Sequence[int], at: float, width_s: float) -> None:
+        for output in outputs:
+            self._until[output] = at + width_s
+
+    def schedule(self, outputs: Sequence[int], width_s: float) -> None:
+        timer = threading.Timer(width_s, self._end, args=(tuple(outputs),))
+        timer.daemon = True
+        timer.start()
+
+    def forget(self) -> None:
+        """Every output is off (all_off, under the lock): pending ends have nothing to do."""
+        self._until.clear()
+
+    def _end(self, outputs: Sequence[int]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for output in outputs:
+                if output in self._until and self._until[output] <= now:
+                    del self._until[output]
+                    self._switch_off(output)
 
 
 class Actuator(ABC):

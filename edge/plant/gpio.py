@@ -15,7 +15,7 @@ from typing import Sequence
 from edge.config import GpioActuatorConfig, GpioInputConfig
 from edge.deps import require
 from edge.line.inputs import Encoder, PhotoEye
-from edge.plant.base import Actuator
+from edge.plant.base import Actuator, PulseEnds
 
 _GPIOD_FIX = "gpio needs libgpiod's Python binding: pip install gpiod (Jetson.GPIO comes with JetPack)"
 
@@ -175,29 +175,28 @@ class GpioActuator(Actuator):
         self.lines = lines if lines is not None else open_lines(cfg)
         self.count = len(cfg.lines)
         self._lock = threading.Lock()
-        self._timers = {}
+        self._ends = PulseEnds(self._lock, lambda output: self.lines.set(output, False))
 
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
-        if not 0 <= output < self.count:
-            raise ValueError(f"gpio: output {output} has no line (lines configured: {self.count})")
+        return self.pulse_valves([output], width_s, item_id)
+
+    def pulse_valves(self, outputs: Sequence[int], width_s: float, item_id: str = "") -> float:
+        """Every valve of the bank on, back to back, then one timer for their end."""
+        for output in outputs:
+            if not 0 <= output < self.count:
+                raise ValueError(f"gpio: output {output} has no line (lines configured: {self.count})")
         width = min(width_s, self.max_pulse_s)
         with self._lock:
-            self.lines.set(output, True)
+            for output in outputs:
+                self.lines.set(output, True)
             started = time.monotonic()
-            if output in self._timers:
-                self._timers[output].cancel()
-            self._timers[output] = threading.Timer(width, self._off, args=(output,))
-            self._timers[output].start()
+            self._ends.started(outputs, started, width)
+        self._ends.schedule(outputs, width)
         return started
-
-    def _off(self, output: int) -> None:
-        with self._lock:
-            self.lines.set(output, False)
 
     def all_off(self) -> None:
         with self._lock:
-            for timer in self._timers.values():
-                timer.cancel()
+            self._ends.forget()
             for output in range(self.count):
                 self.lines.set(output, False)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import List, Sequence
 
-from edge.plant.base import Actuator
+from edge.plant.base import Actuator, PulseEnds
 
 
 @dataclass(frozen=True)
@@ -28,22 +28,25 @@ class SimulatedActuator(Actuator):
         self.on: set = set()
         self.off_calls = 0
         self._lock = threading.Lock()
+        self._ends = PulseEnds(self._lock, self.on.discard)
 
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
-        width = min(width_s, self.max_pulse_s)
-        started = time.monotonic()
-        with self._lock:
-            self.on.add(output)
-            self.pulses.append(Pulse(output, started, width, item_id))
-        threading.Timer(width, self._off, args=(output,)).start()
-        return started
+        return self.pulse_valves([output], width_s, item_id)
 
-    def _off(self, output: int) -> None:
+    def pulse_valves(self, outputs: Sequence[int], width_s: float, item_id: str = "") -> float:
+        width = min(width_s, self.max_pulse_s)
         with self._lock:
-            self.on.discard(output)
+            started = time.monotonic()
+            for output in outputs:  # each valve's own moment, as a driver setting lines one by one
+                self.on.add(output)
+                self.pulses.append(Pulse(output, time.monotonic(), width, item_id))
+            self._ends.started(outputs, started, width)
+        self._ends.schedule(outputs, width)
+        return started
 
     def all_off(self) -> None:
         with self._lock:
+            self._ends.forget()
             self.on.clear()
             self.off_calls += 1
 
