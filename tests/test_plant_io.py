@@ -239,6 +239,19 @@ def test_modbus_bank_on_neighbouring_coils_is_one_request_on_and_one_off(plc):
     assert [(a, v) for f, a, v in writes if f == "write_coil" and v == [1]] == [(0, [1]), (7, [1])]
 
 
+def test_a_modbus_coil_pulsed_again_before_its_end_stays_on_to_the_later_end(plc):
+    """The next item on the same valve: the first pulse's end must not cut its pulse short."""
+    actuator = ModbusActuator(modbus_cfg(plc.port, coil_count=16), max_pulse_s=0.5)
+    actuator.pulse(2, 0.1, "000031")
+    time.sleep(0.05)
+    actuator.pulse(2, 0.1, "000032")
+    time.sleep(0.25)
+    writes = [w for w in plc.writes() if w["fn"] == "write_coil" and w["address"] == 2]
+    actuator.close()
+    assert [w["values"] for w in writes] == [[1], [1], [0]]
+    assert writes[2]["t"] - writes[0]["t"] >= 0.14   # on for both pulses, off after the second
+
+
 @needs_mosquitto
 def test_mqtt_bank_is_one_command_listing_its_valves(tmp_path):
     with broker_with_commands(tmp_path, max_pulse_s=0.5) as (_, sub, actuator):

@@ -25,9 +25,11 @@ class PulseEnds:
     """Switches outputs off when their pulse ends. A pulse's outputs (a bank's valves) share one
     timer thread, started after they are all on: a thread start per valve opened a bank's
     valves up to 8 ms apart on a loaded 2-core machine. An output pulsed again meanwhile stays
-    on until its later end. `started` is called under the driver's lock, `schedule` after it."""
+    on until its later end (an earlier pulse's timer must not cut the next item's pulse
+    short). `started` and `forget` are called under `lock`, `schedule` after it;
+    `switch_off(outputs)` runs under `lock`."""
 
-    def __init__(self, lock: threading.Lock, switch_off: Callable[[int], None]):
+    def __init__(self, lock: threading.Lock, switch_off: Callable[[List[int]], None]):
         self._lock, self._switch_off = lock, switch_off
         self._until: Dict[int, float] = {}
 
@@ -47,10 +49,11 @@ class PulseEnds:
     def _end(self, outputs: Sequence[int]) -> None:
         with self._lock:
             now = time.monotonic()
-            for output in outputs:
-                if output in self._until and self._until[output] <= now:
-                    del self._until[output]
-                    self._switch_off(output)
+            due = [output for output in outputs if output in self._until and self._until[output] <= now]
+            for output in due:
+                del self._until[output]
+            if due:
+                self._switch_off(due)
 
 
 class Actuator(ABC):

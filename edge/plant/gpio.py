@@ -175,7 +175,7 @@ class GpioActuator(Actuator):
         self.lines = lines if lines is not None else open_lines(cfg)
         self.count = len(cfg.lines)
         self._lock = threading.Lock()
-        self._ends = PulseEnds(self._lock, lambda output: self.lines.set(output, False))
+        self._ends = PulseEnds(self._lock, self._switch_off)
 
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
         return self.pulse_valves([output], width_s, item_id)
@@ -194,11 +194,14 @@ class GpioActuator(Actuator):
         self._ends.schedule(outputs, width)
         return started
 
+    def _switch_off(self, outputs) -> None:
+        for output in outputs:
+            self.lines.set(output, False)
+
     def all_off(self) -> None:
         with self._lock:
             self._ends.forget()
-            for output in range(self.count):
-                self.lines.set(output, False)
+            self._switch_off(range(self.count))
 
     def close(self) -> None:
         self.all_off()

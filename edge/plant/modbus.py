@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 
-from edge.plant.base import Actuator
+from edge.plant.base import Actuator, PulseEnds
 from edge.config import ModbusActuatorConfig, ModbusEncoderConfig
 from edge.deps import require
 from edge.line.inputs import Encoder
@@ -35,6 +35,7 @@ class ModbusActuator(Actuator):
         self.client = ModbusTcpClient(cfg.host, port=cfg.port or 502, timeout=cfg.timeout_s, retries=cfg.retries,
                                       reconnect_delay=0, reconnect_delay_max=0)
         self._lock = threading.RLock()   # one request at a time on the socket
+        self._ends = PulseEnds(self._lock, self._switch_off)
         self._online = False
         self._backoff, self._next_attempt = 0.5, 0.0
         self._beat = 0
@@ -91,27 +92,30 @@ class ModbusActuator(Actuator):
         return self.cfg.coil_base + output
 
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
-        coil = self._coil(output)
-        width = min(width_s, self.max_pulse_s)
-        started = time.monotonic()
-        if not self._request(self.client.write_coil, coil, True):
-            raise IOError(f"modbus: pulse on coil {coil} for item {item_id} not sent (link down)")
-        threading.Timer(width, self._request, args=(self.client.write_coil, coil, False)).start()
-        self._request(self.client.write_registers, self.cfg.register_base + 2,
-                      [int(item_id) & 0xFFFF if item_id.isdigit() else 0, output])
-        return started
+        return self.pulse_valves([output], width_s, item_id)
 
     def pulse_valves(self, outputs, width_s: float, item_id: str = "") -> float:
-        """A bank on neighbouring coils goes on and off in one request each (FC15), not one per valve."""
+        """The coils on (neighbouring ones in one request, FC15), one timer for their end, then
+        the last-item registers (item id, the first output)."""
         coils = sorted(self._coil(o) for o in outputs)
-        if len(coils) == 1 or coils != list(range(coils[0], coils[0] + len(coils))):
-            return super().pulse_valves(outputs, width_s, item_id)
         width = min(width_s, self.max_pulse_s)
         started = time.monotonic()
-        if not self._request(self.client.write_coils, coils[0], [True] * len(coils)):
-            raise IOError(f"modbus: pulse on coils {coils[0]}..{coils[-1]} for item {item_id} not sent (link down)")
-        threading.Timer(width, self._request, args=(self.client.write_coils, coils[0], [False] * len(coils))).start()
+        if not self._write(coils, True):
+            raise IOError(f"modbus: pulse on coil(s) {coils} for item {item_id} not sent (link down)")
+        with self._lock:
+            self._ends.started(outputs, started, width)
+        self._ends.schedule(outputs, width)
+        self._request(self.client.write_registers, self.cfg.register_base + 2,
+                      [int(item_id) & 0xFFFF if item_id.isdigit() else 0, min(outputs)])
         return started
+
+    def _write(self, coils, on: bool) -> bool:
+        if len(coils) > 1 and coils == list(range(coils[0], coils[0] + len(coils))):
+            return self._request(self.client.write_coils, coils[0], [on] * len(coils))
+        return all([self._request(self.client.write_coil, coil, on) for coil in coils])  # every coil tried
+
+    def _switch_off(self, outputs) -> None:
+        self._write(sorted(self._coil(o) for o in outputs), False)
 
     def _write_coils_off(self) -> bool:
         try:
@@ -125,6 +129,7 @@ class ModbusActuator(Actuator):
     def all_off(self) -> None:
         """Every configured coil off, or IOError: unreachable, the PLC's own watchdog has to act."""
         with self._lock:
+            self._ends.forget()
             if (self._online or self._connect()) and self._write_coils_off():
                 return
         raise IOError(f"modbus: coils on {self.cfg.host}:{self.cfg.port or 502} not confirmed off (PLC unreachable)")

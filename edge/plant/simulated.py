@@ -28,7 +28,7 @@ class SimulatedActuator(Actuator):
         self.on: set = set()
         self.off_calls = 0
         self._lock = threading.Lock()
-        self._ends = PulseEnds(self._lock, self.on.discard)
+        self._ends = PulseEnds(self._lock, self.on.difference_update)
 
     def pulse(self, output: int, width_s: float, item_id: str = "") -> float:
         return self.pulse_valves([output], width_s, item_id)
