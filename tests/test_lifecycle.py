@@ -320,3 +320,32 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
     assert len(answered) > 20  # the shadow did classify meanwhile
     worst = 1000 * np.percentile(overshoot, [99, 100])
     assert worst[1] < 25.0, f"the loop thread waited up to {worst[1]:.0f} ms (p99 {worst[0]:.1f} ms)"
+
+
+def test_a_shadow_model_whose_process_dies_stops_shadowing_and_counts_what_it_missed(trained_run, tmp_path, caplog):
+    import numpy as np
+
+    from edge.service.shadow import ShadowModel
+    from edge.service.telemetry import Telemetry
+    from tests.conftest import line_config, wait_for
+
+    _, run = trained_run
+    config = line_config(tmp_path, run, models={"shadow": str(run / "model.onnx"), "shadow_queue": 2})
+    telemetry, answered = Telemetry(), []
+    audit = type("Audit", (), {"shadow": lambda self, row: answered.append(row)})()
+    shadow = ShadowModel(config, telemetry, audit, line_idle=lambda timeout: None)
+    shadow.start()
+    crop = np.full((120, 160, 3), 90, np.uint8)
+    try:
+        shadow.offer({"item_id": "000001", "class": "paper", "confidence": 0.9}, crop)
+        assert wait_for(lambda: len(answered) == 1, timeout=30)
+        shadow.model._process.kill()          # the candidate's process crashes (OOM killer, a bad engine)
+        for n in range(2, 8):                 # the loop keeps offering, never waits
+            shadow.offer({"item_id": f"{n:06d}", "class": "paper", "confidence": 0.9}, crop)
+        assert wait_for(lambda: not shadow.is_alive(), timeout=30)
+        assert "shadow model stopped" in caplog.text and len(answered) == 1
+        for n in range(8, 10):                # offered after it stopped
+            shadow.offer({"item_id": f"{n:06d}", "class": "paper", "confidence": 0.9}, crop)
+        assert telemetry.total(telemetry.shadow_dropped) == 8   # every crop it did not answer is counted
+    finally:
+        shadow.close()

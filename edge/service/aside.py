@@ -51,18 +51,20 @@ class SideModel:
                                          name=f"scrapsort-{name}", daemon=True)
         self._process.start()
         child.close()
+        self._broken = False
         self.info = self._answer(START_TIMEOUT_S)
 
     @property
     def alive(self) -> bool:
-        return self._process.is_alive()
+        """False once the link to the child broke (a killed process can read as alive for a
+        moment after its pipe is gone)."""
+        return not self._broken and self._process.is_alive()
 
     def logits(self, crop: np.ndarray, timeout: float = 30.0) -> np.ndarray:
         try:
             self._conn.send(crop)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"{self._process.name}: the child process ended "
-                             f"(exit code {self._process.exitcode}): {exc}") from exc
+            raise self._ended(exc) from exc
         return self._answer(timeout)
 
     def _answer(self, timeout: float):
@@ -72,13 +74,17 @@ class SideModel:
                 raise ModelError(f"{self._process.name}: no answer within {timeout:.0f} s; stopped")
             kind, value = self._conn.recv()
         except (EOFError, OSError) as exc:
-            raise ModelError(f"{self._process.name}: the child process ended "
-                             f"(exit code {self._process.exitcode}): {exc}") from exc
+            raise self._ended(exc) from exc
         if kind == "error":
             raise ModelError(value)
         return value
 
+    def _ended(self, exc: Exception) -> ModelError:
+        self._broken = True
+        return ModelError(f"{self._process.name}: the child process ended (exit code {self._process.exitcode}): {exc}")
+
     def close(self) -> None:
+        self._broken = True
         try:
             self._conn.send(None)
         except (OSError, ValueError):

@@ -35,6 +35,7 @@ class ShadowModel(threading.Thread):
             raise ValueError(f"models.shadow {path}: classes {classes} differ from the line's {list(config.classes)}")
         self.telemetry, self.audit, self._line_idle = telemetry, audit, line_idle
         self._queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=config.models.shadow_queue)
+        self._stopped = False
         telemetry.shadow_model(self.model.info)
 
     @property
@@ -42,7 +43,10 @@ class ShadowModel(threading.Thread):
         return self.model.info
 
     def offer(self, row: Dict, crop: np.ndarray) -> None:
-        """Never waits: when the shadow is behind, the crop is dropped and counted."""
+        """Never waits: when the shadow is behind or has stopped, the crop is dropped and counted."""
+        if self._stopped:
+            self.telemetry.shadow_dropped.inc()
+            return
         try:
             self._queue.put_nowait((row, crop.copy()))
         except queue.Full:
@@ -61,7 +65,19 @@ class ShadowModel(threading.Thread):
                 log.error("shadow model failed on item %s: %s", entry[0]["item_id"], exc)
                 if not self.model.alive:
                     log.error("shadow model stopped; crops offered from now on are dropped and counted")
+                    self._stopped = True
+                    self._drop_waiting()
                     return
+
+    def _drop_waiting(self) -> None:
+        """Crops still queued when shadowing stops count as dropped (the stop sentinel does not)."""
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if entry is not None:
+                self.telemetry.shadow_dropped.inc()
 
     def _classify(self, row: Dict, crop: np.ndarray) -> None:
         logits = self.model.logits(crop)
@@ -81,4 +97,5 @@ class ShadowModel(threading.Thread):
             pass
         if self.ident is not None:
             self.join(timeout=5)
+        self._drop_waiting()
         self.model.close()
