@@ -301,6 +301,7 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
     shadow = ShadowModel(config, Telemetry(), audit, line_idle=lambda timeout: None)
     shadow.start()
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.001)  # as the sorter sets it
     gc.disable()  # this test process's own collections are not what is measured
     try:
@@ -313,7 +314,7 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
             shadow.offer({"item_id": str(len(overshoot)), "class": "paper", "confidence": 0.9}, crop)
     finally:
         gc.enable()
-        sys.setswitchinterval(0.005)
+        sys.setswitchinterval(switch_interval)
         for burner in burners:
             burner.kill()
         shadow.close()

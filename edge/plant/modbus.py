@@ -96,7 +96,7 @@ class ModbusActuator(Actuator):
 
     def pulse_valves(self, outputs, width_s: float, item_id: str = "") -> float:
         """The coils on (neighbouring ones in one request, FC15), one timer for their end, then
-        the last-item registers (item id, the first output)."""
+        the last-item registers (item id, the lowest output)."""
         coils = sorted(self._coil(o) for o in outputs)
         width = min(width_s, self.max_pulse_s)
         started = time.monotonic()

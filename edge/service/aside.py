@@ -10,7 +10,6 @@ its own GIL, and its nice value then only ever costs itself.
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edge.errors import ModelError
-
-log = logging.getLogger(__name__)
 
 SIDE_NICE = 10            # the child yields the cores to the loop (a nice-10 task gets ~1/10 of a nice-0 one)
 START_TIMEOUT_S = 120.0   # a fresh interpreter, imports and the model's session
@@ -98,10 +95,10 @@ class SideModel:
 
 def _serve(path: str, flip_average: bool, conn) -> None:
     """The child: open the model, then answer each crop until told to stop (None)."""
+    lower_priority()  # before the imports: loading the runtime takes a core for a while
     from edge.vision.backends import open_side_instance
     from edge.vision.predict import Classifier
 
-    lower_priority()
     try:
         classifier = Classifier(open_side_instance(Path(path), flip_average))
     except Exception as exc:
