@@ -13,6 +13,7 @@ DEMO_EPOCHS ?= 4
 # Training processes on this machine (torchrun, DistributedDataParallel); several machines: docs/training.md
 NPROC ?= 1
 FOLDS ?= 5
+JOBS ?= 1
 PRECISION ?= fp16
 PREFIX ?= /opt/scrapsort
 SCRAPSORT := $(BIN)/scrapsort
@@ -64,9 +65,9 @@ train: setup check-data ## full training with the config's schedule (NPROC=2: tw
 	$(SCRAPSORT) evaluate --config $(CONFIG) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) export --config $(CONFIG) --run-dir $(RUN_DIR)
 
-cv: setup check-data ## k-fold cross-validation of CONFIG's recipe on the non-test images (FOLDS=5)
+cv: setup check-data ## k-fold cross-validation of CONFIG's recipe on the non-test images (FOLDS=5; JOBS=N: N folds at once)
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
-	$(SCRAPSORT) cv --config $(CONFIG) --run-dir $(RUN_DIR) --folds $(FOLDS)
+	$(SCRAPSORT) cv --config $(CONFIG) --run-dir $(RUN_DIR) --folds $(FOLDS) --jobs $(JOBS)
 
 calibrate: setup check-model ## FP16 + INT8 (Q/DQ) ONNX, TensorRT cache, and the FP32/FP16/INT8 comparison
 	$(SCRAPSORT) calibrate --config $(CONFIG) --run-dir $(RUN_DIR)

@@ -85,7 +85,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         return 0
     name = args.name or Path(args.config).stem
     result = cv.cross_validate(config, name, args.folds, progress=not args.quiet, distance=args.distance,
-                               only=args.fold)
+                               only=args.fold, jobs=args.jobs)
     print(cv.table(result))
     print(f"written: {config.run_path / 'cv' / name / 'cv.json'}")
     return 0
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, action="append", metavar="N",
                    help="train only fold N (repeatable; e.g. one fold per machine on a shared run dir); "
                         "the summary covers the folds finished")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N folds at once, each in its own process (a GPU that one fold leaves mostly idle; "
+                        "on a CPU the processes split its cores); logs in <fold>/train.log")
     p.add_argument("--distance", type=int, default=8, help="perceptual-hash bits within which photos share a fold")
     p.add_argument("--grouping", type=int, nargs="+", metavar="BITS",
                    help="only report what these distances would group (the rule's measurement); trains nothing")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -10,7 +11,7 @@ def atomic_write(target: Path, data: bytes) -> None:
     rename itself survives a power cut)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # writers never share one
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -101,3 +101,36 @@ def test_a_final_fit_refuses_the_plateau_schedule(prepared, tmp_path, caplog):
     plateau.write_text(plateau.read_text().replace("schedule: cosine", "schedule: plateau"))
     assert main(["train", "--config", str(plateau), "--final", "-q"]) == ConfigError.exit_code
     assert "set train.schedule: cosine" in caplog.text
+
+
+def test_folds_trained_at_once_run_in_their_own_processes_and_give_the_sequential_folds(prepared, capsys):
+    config, run = prepared
+    assert main(["cv", "--config", str(config), "--folds", "3", "--jobs", "3", "-q"]) == 0
+    out = run / "cv" / "tiny"
+    result = json.loads((out / "cv.json").read_text())
+    assert result["folds_finished"] == [0, 1, 2] and result["epochs_run"] == 2
+    printed = capsys.readouterr().out
+    pids = {line.split("process ")[1].split()[0] for line in printed.splitlines() if "training in process" in line}
+    assert len(pids) == 3                                                  # one process per fold
+    for fold in range(3):
+        log = (out / f"fold{fold}" / "train.log").read_text()
+        assert f"fold {fold + 1}/3" in log and "epoch 2:" in log           # each fold's own output, in its log
+    held_at_once = {f: sorted(i.path for i in Manifest.load(out / f"fold{f}" / "manifest.json").split("val"))
+                    for f in range(3)}
+    shutil.rmtree(out)
+    assert main(["cv", "--config", str(config), "--folds", "3", "-q"]) == 0
+    for fold in range(3):                                                  # the same folds as one after another
+        assert sorted(i.path for i in Manifest.load(out / f"fold{fold}" / "manifest.json").split("val")) == \
+            held_at_once[fold]
+
+
+def test_a_fold_that_fails_in_its_process_is_named_with_its_log_and_the_others_are_kept(prepared, caplog):
+    config, run = prepared
+    out = run / "cv" / "tiny"
+    (out / "fold1").mkdir(parents=True)
+    (out / "fold1" / "last.pt").write_bytes(b"not a checkpoint")           # resuming fold 1 fails
+    assert main(["cv", "--config", str(config), "--folds", "3", "--jobs", "2", "-q"]) != 0
+    assert "fold 2/3 (--fold 1) exited with" in caplog.text and str(out / "fold1" / "train.log") in caplog.text
+    result = json.loads((out / "cv.json").read_text())
+    assert result["folds_finished"] == [0, 2]                               # the others finished and count
+    assert "last.pt" in (out / "fold1" / "train.log").read_text()            # its log says why

@@ -8,25 +8,35 @@ generalisation. Images whose perceptual hashes (64-bit DCT hash) differ in at mo
 `GROUP_DISTANCE` bits are linked, and linked images (transitively) share a fold. Every fold
 runs all epochs (no early stopping), so the epoch count is chosen on the mean curve; the
 result is the mean ± sd over folds at that epoch. The test split is never read.
+
+Folds may train at once, each in its own process (`jobs`): one fold of a small model at batch
+32 leaves a GPU mostly idle, so k folds of several recipes share one card.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import yaml
 
 from edge.config import Config
-from edge.errors import ConfigError, ImageError
+from edge.errors import ConfigError, ImageError, ScrapsortError
+from edge.files import atomic_write
 from edge.vision.dataset import MANIFEST_NAME, Item, Manifest
 from edge.vision.images import read_image
 
 log = logging.getLogger(__name__)
 GROUP_DISTANCE = 8    # bits of 64: the rule, measured on TrashNet (docs/training.md, "Cross-validation")
 HASHES_NAME = "phash.json"
+FOLD_LOG = "train.log"      # a fold trained in its own process (`jobs`) writes its output here
 
 
 def perceptual_hashes(manifest: Manifest, items: Sequence[Item], cache: Path, progress: bool) -> Dict[str, int]:
@@ -36,13 +46,16 @@ def perceptual_hashes(manifest: Manifest, items: Sequence[Item], cache: Path, pr
     from tqdm import tqdm
 
     known = {k: int(v, 16) for k, v in json.loads(cache.read_text()).items()} if cache.is_file() else {}
-    for item in tqdm([i for i in items if i.sha256 not in known], desc="hashing", unit="img", disable=not progress):
+    missing = [i for i in items if i.sha256 not in known]
+    if not missing:  # folds trained at once all read it; none rewrites it
+        return known
+    for item in tqdm(missing, desc="hashing", unit="img", disable=not progress):
         try:
             image = Image.fromarray(read_image(manifest.absolute(item))[:, :, ::-1])  # BGR -> RGB
         except ImageError as exc:
             raise ImageError(f"{exc}; re-run `scrapsort prepare`") from None
         known[item.sha256] = int(str(imagehash.phash(image)), 16)
-    cache.write_text(json.dumps({k: f"{v:016x}" for k, v in known.items()}))
+    atomic_write(cache, json.dumps({k: f"{v:016x}" for k, v in known.items()}).encode())
     return known
 
 
@@ -105,14 +118,17 @@ def grouping_report(groups: np.ndarray, distance: int) -> Dict:
 
 
 def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = True,
-                   distance: int = GROUP_DISTANCE, only: Optional[Sequence[int]] = None) -> Dict:
+                   distance: int = GROUP_DISTANCE, only: Optional[Sequence[int]] = None, jobs: int = 1) -> Dict:
     """Train the recipe (the config called `name`) k times, resumable fold by fold; score each
     held-out fold. Results in <run_dir>/cv/<name>/. `only`: train just these folds (several
-    machines can share the folds of one run dir); the summary covers the folds finished."""
+    machines can share the folds of one run dir); the summary covers the folds finished.
+    `jobs` > 1: that many folds train at once, each in its own process (`train_at_once`)."""
     from train.train import train
 
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: at least one fold trains at a time")
     if only and not set(only) <= set(range(folds)):
         raise ConfigError(f"--fold {sorted(only)}: folds are numbered 0 to {folds - 1}")
     run_dir = config.run_path
@@ -122,11 +138,15 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
     out = run_dir / "cv" / name
     # Every fold runs every epoch: the epoch count is chosen on the mean curve, not per fold.
     recipe = config.replace(train=config.train.replace(early_stop_patience=config.train.epochs + 1))
-    curves, finished = [], []
+    curves, finished, failed = [], [], {}
     pooled = {id(item) for item in pool}
+    todo = [f for f in range(folds) if not _finished(out / f"fold{f}", recipe.train.epochs) and (only is None or f in only)]
+    if jobs > 1 and len(todo) > 1:
+        failed = train_at_once(recipe, name, folds, todo, jobs, distance, out)
+        todo = []
     for fold in range(folds):
         fold_dir = out / f"fold{fold}"
-        if not _finished(fold_dir, recipe.train.epochs) and (only is None or fold in only):
+        if fold in todo:
             held = {id(item) for item, f in zip(pool, fold_of) if f == fold}
             items = [replace(item, split="val" if id(item) in held else "train") if id(item) in pooled else item
                      for item in manifest.items]
@@ -138,17 +158,60 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
             curves.append([row["val_acc"] for row in history])
             finished.append(fold)
             epoch_seconds = [row["seconds"] for row in history]
+    if curves:
+        result = summarise(curves)
+        recipe_dict = config.to_dict()
+        result.update({"config": name, "folds": folds, "folds_finished": finished,
+                       "seconds_per_epoch_last_fold": epoch_seconds,
+                       "train": recipe_dict["train"], "model": recipe_dict["model"],
+                       "grouping": grouping_report(groups, distance),
+                       "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
+        atomic_write(out / "cv.json", json.dumps(result, indent=1).encode())  # folds trained at once write it too
+    if failed:
+        logs = "; ".join(f"fold {f + 1}/{folds} (--fold {f}) exited with {code}, its log: {out / f'fold{f}' / FOLD_LOG}" for f, code in failed.items())
+        raise ScrapsortError(f"{logs}. Fix the cause and run the same command again: finished folds are kept, "
+                             f"unfinished ones resume from their last epoch" +
+                             (f"; {out / 'cv.json'} covers the folds finished so far" if curves else ""))
     if not curves:
         raise ConfigError(f"no fold of {out} has finished; run `scrapsort cv` without --fold")
-    result = summarise(curves)
-    recipe_dict = config.to_dict()
-    result.update({"config": name, "folds": folds, "folds_finished": finished,
-                   "seconds_per_epoch_last_fold": epoch_seconds,
-                   "train": recipe_dict["train"], "model": recipe_dict["model"],
-                   "grouping": grouping_report(groups, distance),
-                   "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
-    (out / "cv.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def train_at_once(recipe: Config, name: str, folds: int, todo: Sequence[int], jobs: int, distance: int,
+                  out: Path) -> Dict[int, int]:
+    """Train the `todo` folds, `jobs` at a time, each in its own `scrapsort cv --fold` process
+    (its output in <fold>/train.log). The processes split the CPU's threads between them.
+    Returns the folds that failed, with their exit codes; stopped early, it ends the others."""
+    recipe_file = out / "recipe.yaml"  # the recipe as this run resolved it (overrides included)
+    atomic_write(recipe_file, yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode())
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    pending, running, failed = list(todo), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                fold = pending.pop(0)
+                log_path = out / f"fold{fold}" / FOLD_LOG
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "ab") as log_file:
+                    running[fold] = subprocess.Popen(
+                        [sys.executable, "-m", "edge.cli", "cv", "--config", str(recipe_file), "--name", name,
+                         "--folds", str(folds), "--fold", str(fold), "--distance", str(distance), "-q"],
+                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                print(f"fold {fold + 1}/{folds}: training in process {running[fold].pid} (log {log_path})", flush=True)
+            time.sleep(0.5)
+            for fold, process in list(running.items()):
+                if process.poll() is not None:
+                    del running[fold]
+                    if process.returncode:
+                        failed[fold] = process.returncode
+                    print(f"fold {fold + 1}/{folds}: {'FAILED, exit ' + str(process.returncode) if process.returncode else 'done'}",
+                          flush=True)
+    finally:
+        for process in running.values():  # interrupted: no fold trains on unwatched
+            process.terminate()
+        for process in running.values():
+            process.wait()
+    return failed
 
 
 def _finished(fold_dir: Path, epochs: int) -> bool:
