@@ -134,3 +134,44 @@ def test_a_fold_that_fails_in_its_process_is_named_with_its_log_and_the_others_a
     result = json.loads((out / "cv.json").read_text())
     assert result["folds_finished"] == [0, 2]                               # the others finished and count
     assert "last.pt" in (out / "fold1" / "train.log").read_text()            # its log says why
+
+
+def test_stopping_a_run_of_folds_at_once_stops_every_fold(prepared):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config, run = prepared
+    with open(config) as f:
+        slow = f.read().replace("epochs: 2", "epochs: 50")                  # long enough to be stopped midway
+    config.write_text(slow)
+    parent = subprocess.Popen([sys.executable, "-m", "edge.cli", "cv", "--config", str(config), "--folds", "3",
+                               "--jobs", "2", "-q"], stdout=subprocess.PIPE, text=True)
+    pids = []
+    while len(pids) < 2:
+        line = parent.stdout.readline()
+        assert line, "the run ended before both folds started"
+        if "training in process" in line:
+            pids.append(int(line.split("process ")[1].split()[0]))
+    time.sleep(3)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        time.sleep(0.2)
+    assert not alive, f"fold processes {alive} still train after their run was stopped"
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"                          # a zombie has stopped

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -186,6 +187,8 @@ def train_at_once(recipe: Config, name: str, folds: int, todo: Sequence[int], jo
     atomic_write(recipe_file, yaml.safe_dump(recipe.to_dict(), sort_keys=False).encode())
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     pending, running, failed = list(todo), {}, {}
+    # A stop (SIGTERM from systemd, `timeout` or kill) ends the folds too, as Ctrl-C does.
+    stopped = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -207,11 +210,16 @@ def train_at_once(recipe: Config, name: str, folds: int, todo: Sequence[int], jo
                     print(f"fold {fold + 1}/{folds}: {'FAILED, exit ' + str(process.returncode) if process.returncode else 'done'}",
                           flush=True)
     finally:
+        signal.signal(signal.SIGTERM, stopped)
         for process in running.values():  # interrupted: no fold trains on unwatched
             process.terminate()
         for process in running.values():
             process.wait()
     return failed
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _finished(fold_dir: Path, epochs: int) -> bool:
