@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -141,7 +142,8 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
     recipe = config.replace(train=config.train.replace(early_stop_patience=config.train.epochs + 1))
     curves, finished, failed = [], [], {}
     pooled = {id(item) for item in pool}
-    todo = [f for f in range(folds) if not _finished(out / f"fold{f}", recipe.train.epochs) and (only is None or f in only)]
+    todo = [f for f in range(folds)
+            if not _finished(out / f"fold{f}", recipe.train.epochs) and (only is None or f in only)]
     if jobs > 1 and len(todo) > 1:
         failed = train_at_once(recipe, name, folds, todo, jobs, distance, out)
         todo = []
@@ -169,7 +171,8 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
                        "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
         atomic_write(out / "cv.json", json.dumps(result, indent=1).encode())  # folds trained at once write it too
     if failed:
-        logs = "; ".join(f"fold {f + 1}/{folds} (--fold {f}) exited with {code}, its log: {out / f'fold{f}' / FOLD_LOG}" for f, code in failed.items())
+        logs = "; ".join(f"fold {f + 1}/{folds} (--fold {f}) exited with {code}, its log: "
+                         f"{out / f'fold{f}' / FOLD_LOG}" for f, code in failed.items())
         raise ScrapsortError(f"{logs}. Fix the cause and run the same command again: finished folds are kept, "
                              f"unfinished ones resume from their last epoch" +
                              (f"; {out / 'cv.json'} covers the folds finished so far" if curves else ""))
@@ -188,7 +191,8 @@ def train_at_once(recipe: Config, name: str, folds: int, todo: Sequence[int], jo
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     pending, running, failed = list(todo), {}, {}
     # A stop (SIGTERM from systemd, `timeout` or kill) ends the folds too, as Ctrl-C does.
-    stopped = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can it take signals
+    stopped = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -207,10 +211,11 @@ def train_at_once(recipe: Config, name: str, folds: int, todo: Sequence[int], jo
                     del running[fold]
                     if process.returncode:
                         failed[fold] = process.returncode
-                    print(f"fold {fold + 1}/{folds}: {'FAILED, exit ' + str(process.returncode) if process.returncode else 'done'}",
-                          flush=True)
+                    ended = f"FAILED, exit {process.returncode}" if process.returncode else "done"
+                    print(f"fold {fold + 1}/{folds}: {ended}", flush=True)
     finally:
-        signal.signal(signal.SIGTERM, stopped)
+        if main_thread:
+            signal.signal(signal.SIGTERM, stopped)
         for process in running.values():  # interrupted: no fold trains on unwatched
             process.terminate()
         for process in running.values():
