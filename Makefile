@@ -27,7 +27,7 @@ WORKSTATION_EXTRAS := train,ort,plant,test
 EXTRAS := $(if $(JETSON),$(RUNTIME_EXTRAS),$(WORKSTATION_EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup peers demo test train cv evaluate export calibrate compare engine bench bench-belt run install uninstall doctor check-data check-model
+.PHONY: help setup peers demo test train cv cv-table evaluate export calibrate compare engine bench bench-belt run install uninstall doctor check-data check-model
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ train: setup check-data ## full training with the config's schedule (NPROC=2: tw
 cv: setup check-data ## k-fold cross-validation of CONFIG's recipe on the non-test images (FOLDS=5; JOBS=N: N folds at once)
 	$(SCRAPSORT) prepare --config $(CONFIG) --data $(DATA) --run-dir $(RUN_DIR)
 	$(SCRAPSORT) cv --config $(CONFIG) --run-dir $(RUN_DIR) --folds $(FOLDS) --jobs $(JOBS)
+
+cv-table: setup ## every recipe cross-validated in RUN_DIR/cv side by side, best mean first
+	$(SCRAPSORT) cv --config $(CONFIG) --run-dir $(RUN_DIR) --table
 
 calibrate: setup check-model ## FP16 + INT8 (Q/DQ) ONNX, TensorRT cache, and the FP32/FP16/INT8 comparison
 	$(SCRAPSORT) calibrate --config $(CONFIG) --run-dir $(RUN_DIR)

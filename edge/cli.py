@@ -75,6 +75,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.epochs:
         config = config.replace(train=config.train.replace(epochs=args.epochs))
+    if args.table:
+        print(cv.recipes_table(config.run_path))
+        return 0
     if args.grouping:
         rows = cv.grouping_rule(config, args.grouping, progress=not args.quiet)
         print("| distance (bits of 64) | groups | images sharing a group | largest group | test images with a "
@@ -355,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train N folds at once, each in its own process (a GPU that one fold leaves mostly idle; "
                         "on a CPU the processes split its cores); logs in <fold>/train.log")
     p.add_argument("--distance", type=int, default=8, help="perceptual-hash bits within which photos share a fold")
+    p.add_argument("--table", action="store_true",
+                   help="only print every recipe cross-validated in <run_dir>/cv as a table, best mean first; "
+                        "trains nothing")
     p.add_argument("--grouping", type=int, nargs="+", metavar="BITS",
                    help="only report what these distances would group (the rule's measurement); trains nothing")
     p = command("evaluate", cmd_evaluate, "metrics, confusion matrix and curves on a split, or on a folder")

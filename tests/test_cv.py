@@ -83,6 +83,13 @@ def test_cv_validates_every_non_test_image_once_and_keeps_twins_in_one_fold(prep
     assert held["glass/glass1.jpg"] == held["glass/glass1_again.jpg"]   # both train/val images here
     assert result["grouping"]["images_in_shared_groups"] >= 2
     assert "chosen epochs" in capsys.readouterr().out
+    assert result["last_fold_ran_on"].startswith("cpu (")                 # an epoch time says where it ran
+
+    assert main(["cv", "--config", str(config), "--table"]) == 0          # the recipe table, nothing trained
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny |")]
+    assert len(row) == 1 and "efficientnet_lite0, 64 px | 3 of 3" in row[0]
+    assert f"**{100 * result['mean']:.2f} ± {100 * result['sd']:.2f} %**" in row[0]
+    assert f"{result['chosen_epochs']} of 2" in row[0] and row[0].endswith(" M |")
 
 
 def test_the_final_fit_trains_on_every_non_test_image_without_validation(prepared, capsys):

@@ -160,12 +160,12 @@ def cross_validate(config: Config, name: str, folds: int = 5, progress: bool = T
             history = json.loads((fold_dir / "history.json").read_text())
             curves.append([row["val_acc"] for row in history])
             finished.append(fold)
-            epoch_seconds = [row["seconds"] for row in history]
+            epoch_seconds, ran_on = [row["seconds"] for row in history], history[-1].get("ran_on")
     if curves:
         result = summarise(curves)
         recipe_dict = config.to_dict()
         result.update({"config": name, "folds": folds, "folds_finished": finished,
-                       "seconds_per_epoch_last_fold": epoch_seconds,
+                       "seconds_per_epoch_last_fold": epoch_seconds, "last_fold_ran_on": ran_on,
                        "train": recipe_dict["train"], "model": recipe_dict["model"],
                        "grouping": grouping_report(groups, distance),
                        "test_images_with_a_near_duplicate_in_the_pool": _test_twins(manifest, hashes, pool, distance)})
@@ -255,6 +255,31 @@ def table(result: Dict) -> str:
         f"(folds {', '.join(f'{100 * a:.1f}' for a in result['per_fold'])}); after all "
         f"{result['epochs_run']}: {100 * result['last_epoch_mean']:.2f} ± {100 * result['last_epoch_sd']:.2f} %",
         f"test images with a near-duplicate among them: {result['test_images_with_a_near_duplicate_in_the_pool']}"])
+
+
+def recipes_table(run_dir: Path) -> str:
+    """Every recipe cross-validated in <run_dir>/cv, best mean first, as a Markdown table: what
+    the default is chosen by. Parameters are counted on the recipe's model (6 classes' head as
+    the run's manifest has them); an epoch's time is the last fold's median, with where it ran."""
+    from train.models import build_model
+    from edge.config.model import ModelConfig
+
+    found = [json.loads(p.read_text()) for p in sorted((run_dir / "cv").glob("*/cv.json"))]
+    if not found:
+        raise ConfigError(f"no cross-validated recipe in {run_dir / 'cv'}; run `scrapsort cv` first")
+    classes = len(Manifest.load(run_dir / MANIFEST_NAME).classes)
+    lines = ["| recipe | backbone, input | folds | chosen epochs | cross-validated top-1 (mean ± sd) | per fold (%) | "
+             "epoch (median s, last fold) | parameters |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(found, key=lambda r: -r["mean"]):
+        model = ModelConfig(**r["model"])
+        parameters = sum(p.numel() for p in build_model(model, classes, load_weights=False).parameters())
+        folds = f"{len(r['folds_finished'])} of {r['folds']}"
+        spread = "–" if len(r["per_fold"]) < 2 else f"{100 * r['sd']:.2f}"
+        timing = f"{np.median(r['seconds_per_epoch_last_fold']):.0f} ({r.get('last_fold_ran_on') or 'not recorded'})"
+        lines.append(f"| {r['config']} | {model.backbone}, {model.input_size} px | {folds} | {r['chosen_epochs']} of "
+                     f"{r['epochs_run']} | **{100 * r['mean']:.2f} ± {spread} %** | "
+                     f"{', '.join(f'{100 * a:.1f}' for a in r['per_fold'])} | {timing} | {parameters / 1e6:.2f} M |")
+    return "\n".join(lines)
 
 
 def _test_twins(manifest: Manifest, hashes: Dict[str, int], pool: Sequence[Item], distance: int) -> int:

@@ -51,8 +51,13 @@ def mixed_precision(device: torch.device) -> Optional[torch.autocast]:
 
 
 def where(device: torch.device, group: Group, autocast) -> str:
-    """What ran where, for the log: device, its name or threads, arithmetic, processes."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    """What ran where, for the log and each epoch's record: device, its name or the CPU and
+    threads, arithmetic, processes (an epoch time means nothing without it)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        from edge.service.bench import machine
+        name = f"{torch.get_num_threads()} threads of {machine()['cpu']}"
     processes = f", process {group.rank + 1} of {group.world}" if group.active else ""
     return f"{device} ({name}, {'bf16 autocast' if autocast else 'fp32'}{processes})"
 
@@ -81,8 +86,9 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
     cfg = config.train
     device = group.device(pick_device(cfg.device))
     autocast = mixed_precision(device)
+    ran_on = where(device, group, autocast)
     if group.main:
-        print(f"training on {where(device, group, autocast)}", flush=True)
+        print(f"training on {ran_on}", flush=True)
 
     # Data: the manifest's splits, preprocessed by the shared edge code.
     manifest = Manifest.load(run_dir / MANIFEST_NAME)
@@ -163,7 +169,8 @@ def _train(config: Config, group: Group, resume: bool, progress: bool, init_from
             if val_items else (float("nan"), 1.0)
         scheduler.step(val_acc) if cfg.schedule == "plateau" else scheduler.step()
         state["history"].append({**record, "val_loss": val_loss, "val_acc": val_acc if val_items else None,
-                                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started})
+                                 "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - started,
+                                 "ran_on": ran_on})
         state["epoch"] = epoch
         improved = val_acc >= state["best_val_acc"] if not val_items else val_acc > state["best_val_acc"]
         state["best_val_acc"] = max(val_acc, state["best_val_acc"])
