@@ -56,8 +56,8 @@ def where(device: torch.device, group: Group, autocast) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        from edge.service.bench import machine
-        name = f"{torch.get_num_threads()} threads of {machine()['cpu']}"
+        from edge.service.bench import cpu_name
+        name = f"{torch.get_num_threads()} threads of {cpu_name()}"
     processes = f", process {group.rank + 1} of {group.world}" if group.active else ""
     return f"{device} ({name}, {'bf16 autocast' if autocast else 'fp32'}{processes})"
 

@@ -138,14 +138,20 @@ def _accuracy(path: str, run_dir: str, split: str, provider: Optional[str] = Non
     return {"accuracy": float(np.mean(logits.argmax(1) == np.asarray(labels))), "accuracy_n": len(labels)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform reports."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor()
+
+
 def machine() -> Dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor(),
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_name(),
             "cores": os.cpu_count()}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        info["cpu"] = names[0] if names else info["cpu"]
         flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith(("flags", "Features"))),
                      set())
         info["cpu_flags"] = sorted(flags & SPEED_FLAGS)
