@@ -7,7 +7,9 @@ count as well). Each calibration method is tried with every layer quantized and,
 agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
 accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
 first. Where none of them meets the bound, the model is fine-tuned with INT8 simulated
-(calibration/qat.py, calibration.qat) and its weights quantized the same ways. The variant
+(calibration/qat.py, calibration.qat) and its weights quantized the same ways; it learns from
+the calibration images and a share of the selection images, set aside before any variant is
+scored, so every variant is judged on the same images none of them learned from. The variant
 that agrees best with the FP32 model.onnx is kept as model_int8.onnx (TensorRT's form);
 model_int8_cpu.onnx is the same calibration in ONNX Runtime's fast x86 form, with the same
 layers in float. The test split is never looked at here, so the test numbers of `evaluate
@@ -25,7 +27,8 @@ import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from calibration.dataset import SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items
+from calibration.dataset import (SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items,
+                                 stratified_share)
 from calibration.fp16 import convert_fp16
 from calibration.qat import quantization_aware_finetune
 from calibration.qdq import non_quantizable_nodes, quantizable_nodes, quantize_int8
@@ -67,30 +70,36 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     stamp(run_dir / FP16_NAME, replace(info, precision="fp16").to_metadata())
 
     source = _prepared(fp32, work / "model_prepared.onnx")
-    selection = selection_set(manifest, files)
-    reference, labels, _ = predict_split(fp32, selection, "val", progress)
-    fp32_acc = float(np.mean(reference.argmax(1) == labels))
+    # The fine-tuning starts from the run's checkpoint, the one `export` wrote model.onnx from.
+    own_model = fp32.resolve() == (run_dir / "model.onnx").resolve()
+    selection, aside = set_aside(selection_set(manifest, files), cfg.qat.learn_share if own_model else 0.0,
+                                 cfg.seed if cfg.qat.epochs else None)
+    judge = Judge(fp32, [selection, aside], lambda ref, out: bin_changes(config, manifest.classes, ref, out), progress)
 
     def good_enough(variant: Dict) -> bool:
-        return variant["agreement"] >= cfg.min_agreement and variant["accuracy"] >= fp32_acc - cfg.max_drop
+        return variant["agreement"] >= cfg.min_agreement and variant["accuracy"] >= judge.fp32_accuracy - cfg.max_drop
     metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
     metadata["cpu"][INT32_BIASES_KEY] = "true"
 
-    def trial(name: str, method: str, exclude, form: str = "tensorrt", *, on: Manifest = selection,
-              model: Path = source):
-        """Quantize `model` in one form and return (file, its logits on `on`'s images)."""
+    def quantized(name: str, method: str, exclude, form: str = "tensorrt", model: Path = source) -> Path:
+        """`model` quantized in one form, with the layers in `exclude` left in float."""
         out = work / f"{name}.onnx"
         quantize_int8(model, out, reader, method, _ranges(work, method, form, model), exclude, cfg.percentile, form)
         stamp(out, metadata[form])
+        return out
+
+    def trial(name: str, method: str, exclude, *, on: Manifest):
+        """Quantize the model in TensorRT's form and return (file, its logits on `on`'s images)."""
+        out = quantized(name, method, exclude)
         return out, predict_split(out, on, "val", progress=False)[0]
 
     def scored(name: str, method: str, float_layers, form: str = "tensorrt", model: Path = source,
                fresh: bool = False) -> Dict:
         if fresh:  # ranges belong to this model and set only: measured anew on each run
             _ranges(work, method, form, model).unlink(missing_ok=True)
-        out, logits = trial(name, method, float_layers, form, model=model)
-        variant = {**_score(name, method, float_layers, out, logits, reference, labels), "source": str(model),
-                   "bins": bin_changes(config, manifest.classes, reference, logits)}
+        out = quantized(name, method, float_layers, form, model)
+        variant = judge.scored({"name": name, "method": method, "float_layers": list(float_layers),
+                                "path": str(out), "source": str(model)})
         _print(variant)
         return variant
 
@@ -104,15 +113,16 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
                 variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
                 if good_enough(variants[-1]):
                     break
-    qat, post_training = None, _best(variants)
-    # The fine-tuning starts from the run's checkpoint, the one `export` wrote model.onnx from.
-    own_model = fp32.resolve() == (run_dir / "model.onnx").resolve()
+    qat, learned, post_training = None, [], _best(variants)
     if cfg.qat.epochs and not good_enough(post_training) and not own_model:
         print(f"no quantization-aware fine-tuning: it starts from {run_dir / BEST}, and {fp32} is not that "
               f"run's model.onnx", flush=True)
     elif cfg.qat.epochs and not good_enough(post_training):  # post-training INT8 missed the bound
+        learned = [manifest.absolute(i) for i in aside.items]
+        judge.leave_out_set_aside(variants)  # from here on every variant is judged on the rest alone
         qat = _prepared(quantization_aware_finetune(config, run_dir / BEST, manifest, files, work / QAT_NAME,
-                                                    info.to_metadata(), progress), work / "model_qat_prepared.onnx")
+                                                    info.to_metadata(), progress, also_learn=learned),
+                        work / "model_qat_prepared.onnx")
         floats = post_training["float_layers"]  # the fine-tuned model also with those layers in float
         for method in cfg.methods:
             variants.append(scored(f"qat-int8-{method}", method, [], model=qat, fresh=True))
@@ -136,7 +146,8 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     written = write_cache({k: v.range_value for k, v in tensors.items()}, run_dir / CACHE_NAME, cfg.trt_cache_version)
     report = {"fp32": str(fp32), "fp16": str(run_dir / FP16_NAME), "int8": str(run_dir / INT8_NAME),
               "calibration_set": str(set_path), "calibration_images": len(files),
-              "selection_images": len(labels), "fp32_accuracy": fp32_acc, "sensitivity_ranking": ranking,
+              "selection_images": judge.images, "fine_tuning_learned_from": [str(f) for f in learned],
+              "fp32_accuracy": judge.fp32_accuracy, "sensitivity_ranking": ranking,
               "sensitivity": scores,
               "chosen_good_enough": good_enough(best), "qat_model": str(work / QAT_NAME) if qat else None,
               "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
@@ -192,6 +203,53 @@ def selection_set(manifest: Manifest, calibration_files) -> Manifest:
     return manifest.subset([replace(i, split="val") for i in pool if str(manifest.absolute(i)) not in used])
 
 
+def set_aside(selection: Manifest, share: float, seed: Optional[int]) -> Tuple[Manifest, Manifest]:
+    """(the selection images, a stratified `share` of them set aside for quantization-aware
+    fine-tuning to learn from beside the calibration images). Post-training variants are judged
+    on both; if fine-tuning runs, every variant is judged again on the first alone, images none
+    of them learned from. `seed` None: no fine-tuning, nothing set aside."""
+    learned = stratified_share(selection.items, share, seed) if seed is not None and share > 0 else []
+    taken = {(i.root, i.path) for i in learned}
+    return selection.subset([i for i in selection.items if (i.root, i.path) not in taken]), selection.subset(learned)
+
+
+class Judge:
+    """FP32's answers on the selection images, and variants scored against them. Logits are
+    kept per variant, so that all can be scored again on fewer images."""
+
+    def __init__(self, fp32: Path, parts: List[Manifest], bins, progress: bool):
+        self.parts, self.bins, self.logits = [p for p in parts if p.items], bins, {}
+        self.reference, self.labels, first = self._predict(fp32, progress)
+        self.images, self._first = len(self.labels), first
+
+    @property
+    def fp32_accuracy(self) -> float:
+        return float(np.mean(self.reference[:self.images].argmax(1) == self.labels[:self.images]))
+
+    def scored(self, variant: Dict) -> Dict:
+        """`variant` (a dict with the INT8 file's "path") with its agreement, accuracy and bins."""
+        logits = self.logits[variant["name"]] = self._predict(Path(variant["path"]))[0]
+        return {**variant, **self._score(logits)}
+
+    def leave_out_set_aside(self, variants: List[Dict]) -> None:
+        """Judge on the first part alone from now on, `variants` included."""
+        self.images = self._first
+        for variant in variants:
+            variant.update(self._score(self.logits[variant["name"]]))
+
+    def _score(self, logits: np.ndarray) -> Dict:
+        ref, logits, labels = self.reference[:self.images], logits[:self.images], self.labels[:self.images]
+        return {"accuracy": float(np.mean(logits.argmax(1) == labels)),
+                "agreement": float(np.mean(logits.argmax(1) == ref.argmax(1))),
+                "max_logit_diff": float(np.abs(logits - ref).max()), "bins": self.bins(ref, logits),
+                "judged_on": self.images}
+
+    def _predict(self, model: Path, progress: bool = False) -> Tuple[np.ndarray, np.ndarray, int]:
+        found = [predict_split(model, part, "val", progress) for part in self.parts]
+        return (np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]).astype(int),
+                len(found[0][1]))
+
+
 def _best(variants: List[Dict]) -> Dict:
     """Closest to FP32 (the answers the model was validated with); at equal agreement, the
     more accurate."""
@@ -201,14 +259,6 @@ def _best(variants: List[Dict]) -> Dict:
 def _print(variant: Dict) -> None:
     bins = variant["bins"]
     print(f"{variant['name']}: agreement with FP32 {variant['agreement']:.4f}, "
-          f"accuracy {variant['accuracy']:.4f} on the selection set; items the line would send to another bin: "
-          f"{bins['other_bin']}, to the reject bin: {bins['to_reject']}, out of it: {bins['from_reject']}",
-          flush=True)
-
-
-def _score(name, method, float_layers, path, logits, reference, labels) -> Dict:
-    labels = np.asarray(labels)
-    return {"name": name, "method": method, "float_layers": list(float_layers), "path": str(path),
-            "accuracy": float(np.mean(logits.argmax(1) == labels)),
-            "agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
-            "max_logit_diff": float(np.abs(logits - reference).max())}
+          f"accuracy {variant['accuracy']:.4f} on {variant['judged_on']} selection images; items the line "
+          f"would send to another bin: {bins['other_bin']}, to the reject bin: {bins['to_reject']}, out of it: "
+          f"{bins['from_reject']}", flush=True)

@@ -40,6 +40,16 @@ def select_items(manifest: Manifest, count: int, seed: int) -> List[Item]:
     return sorted(chosen, key=lambda i: (i.label, i.path))
 
 
+def stratified_share(items: List[Item], share: float, seed: int) -> List[Item]:
+    """`share` of each class's `items`, drawn at random with `seed` (the same draw every run)."""
+    by_class: Dict[str, List[Item]] = defaultdict(list)
+    for item in items:
+        by_class[item.label].append(item)
+    rng = random.Random(seed)
+    return [item for label in sorted(by_class)
+            for item in rng.sample(sorted(by_class[label], key=lambda i: i.path), round(share * len(by_class[label])))]
+
+
 def save_set(path: Path, manifest: Manifest, items: List[Item], spec: PreprocessSpec) -> None:
     path.write_text(json.dumps({"classes": manifest.classes, "preprocess": json.loads(spec.to_json()),
                                 "files": [str(manifest.absolute(i)) for i in items]}, indent=1))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -98,9 +98,11 @@ def plain(model: nn.Module, hooks: List) -> nn.Module:
 
 
 def quantization_aware_finetune(config: Config, checkpoint: Path, manifest: Manifest, files: List[Path],
-                                out: Path, metadata: Dict[str, str], progress: bool = True) -> Path:
-    """Fine-tune `checkpoint` with simulated INT8 on the calibration `files`; write its FP32
-    ONNX (with `metadata`) to `out`."""
+                                out: Path, metadata: Dict[str, str], progress: bool = True,
+                                also_learn: Sequence[Path] = ()) -> Path:
+    """Fine-tune `checkpoint` with simulated INT8 on the calibration `files` and `also_learn`
+    (the simulated ranges come from the calibration files alone, as the Q/DQ model's will);
+    write its FP32 ONNX (with `metadata`) to `out`."""
     cfg = config.calibration.qat
     if not checkpoint.is_file():
         raise ModelError(f"{checkpoint}: quantization-aware fine-tuning starts from the trained checkpoint; "
@@ -113,6 +115,10 @@ def quantization_aware_finetune(config: Config, checkpoint: Path, manifest: Mani
     student = copy.deepcopy(reference)
     hooks = fake_quantize(student, input_ranges(student, torch.stack([still[i][0] for i in range(len(still))]),
                                                 cfg.percentile))
+    items += _calibration_items(manifest, also_learn) if also_learn else []
+    if progress:
+        print(f"quantization-aware fine-tuning on {len(items)} images ({len(items) - len(also_learn)} calibration, "
+              f"{len(also_learn)} set aside from the selection images)", flush=True)
     augmented = ManifestDataset(manifest, items, Preprocessor(spec), Augment(config.train.augment, spec.input_size))
     _learn_answers(student, reference, make_loader(augmented, min(cfg.batch_size, len(items)), 0,
                                                    config.calibration.seed), cfg, progress)
@@ -131,8 +137,16 @@ def _calibration_items(manifest: Manifest, files: List[Path]):
     return items
 
 
+def divergence(student: torch.Tensor, reference: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence of the student's softmax from the reference's, both at `temperature`, times
+    its square so that the gradients keep their size at any temperature (Hinton et al. 2015)."""
+    return nn.functional.kl_div(torch.log_softmax(student / temperature, dim=1),
+                                torch.log_softmax(reference / temperature, dim=1), reduction="batchmean",
+                                log_target=True) * temperature ** 2
+
+
 def _learn_answers(student: nn.Module, reference: nn.Module, loader, cfg, progress: bool) -> None:
-    """Adam on every weight towards the reference's answers (KL divergence)."""
+    """Adam on every weight towards the reference's answers (`divergence`)."""
     for param in student.parameters():
         param.requires_grad = True
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -141,9 +155,8 @@ def _learn_answers(student: nn.Module, reference: nn.Module, loader, cfg, progre
         total, seen = 0.0, 0
         for inputs, _ in loader:
             with torch.no_grad():
-                target = torch.log_softmax(reference(inputs), dim=1)
-            loss = nn.functional.kl_div(torch.log_softmax(student(inputs), dim=1), target, reduction="batchmean",
-                                        log_target=True)
+                target = reference(inputs)
+            loss = divergence(student(inputs), target, cfg.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -104,19 +104,49 @@ def test_sensitivity_ranks_layers_that_change_no_answer_by_how_far_they_move_the
     assert scores[unchanged[0]]["distance"] > scores[unchanged[-1]]["distance"]
 
 
-def test_variants_are_chosen_on_every_non_test_image_the_calibration_did_not_use(calibrated):
+def test_variants_are_judged_on_every_non_test_image_neither_calibration_nor_fine_tuning_learned_from(calibrated):
+    """Half of each class's selection images is set aside for quantization-aware fine-tuning
+    (calibration.qat.learn_share); once it has learned from them, every variant, post-training
+    ones too, is judged on the rest."""
+    from collections import Counter
+    from dataclasses import replace
+
     from calibration.calibrate import selection_set
+    from train.evaluate import predict_split
 
     _, run = calibrated
     report = json.loads((run / "calibration_report.json").read_text())
     manifest = Manifest.load(run / "manifest.json")
     used = json.loads((run / "calibration_set.json").read_text())["files"]
-    selection = selection_set(manifest, used)
-    chosen_from = {str(manifest.absolute(i)) for i in selection.items}
     pool = {str(manifest.absolute(i)) for i in manifest.split("train") + manifest.split("val")}
-    assert chosen_from == pool - set(used) and len(used) == report["calibration_images"] > 0
-    assert not chosen_from & {str(manifest.absolute(i)) for i in manifest.split("test")}
-    assert report["selection_images"] == len(chosen_from) > len(manifest.split("val"))
+    assert len(used) == report["calibration_images"] > 0 and set(used) <= pool
+    aside = set(report["fine_tuning_learned_from"])
+    selection = selection_set(manifest, used).items
+    assert aside <= pool - set(used)
+    label = {str(manifest.absolute(i)): i.label for i in selection}
+    assert Counter(label[f] for f in aside) == {c: round(n / 2) for c, n in Counter(label.values()).items()}
+    judged = [replace(i, split="val") for i in selection if str(manifest.absolute(i)) not in aside]
+    assert report["selection_images"] == len(judged) > 0
+    assert not {str(manifest.absolute(i)) for i in judged} & {str(manifest.absolute(i)) for i in manifest.split("test")}
+    on_judged = manifest.subset(judged)
+    reference, labels, _ = predict_split(run / "model.onnx", on_judged, "val", progress=False)
+    assert {v["judged_on"] for v in report["variants"] + report["int8_cpu"]["variants"]} == {len(judged)}
+    for variant in report["variants"]:
+        answers = predict_split(variant["path"], on_judged, "val", progress=False)[0].argmax(1)
+        assert variant["agreement"] == pytest.approx(float(np.mean(answers == reference.argmax(1)))), variant["name"]
+        assert variant["accuracy"] == pytest.approx(float(np.mean(answers == np.asarray(labels)))), variant["name"]
+
+
+def test_where_post_training_int8_is_good_enough_every_selection_image_judges_it(trained_run, tmp_path):
+    from calibration.calibrate import selection_set
+
+    path, run = calibrated_copy(trained_run, tmp_path, images=12, methods=["max"], min_agreement=0.0, max_drop=1.0)
+    report = json.loads((run / "calibration_report.json").read_text())
+    manifest = Manifest.load(run / "manifest.json")
+    used = json.loads((run / "calibration_set.json").read_text())["files"]
+    assert [v["name"] for v in report["variants"]] == ["int8-max"] and report["qat_model"] is None
+    assert report["fine_tuning_learned_from"] == []
+    assert report["selection_images"] == len(selection_set(manifest, used).items) > len(manifest.split("val"))
 
 
 def test_float_layers_really_stay_float(calibrated):

@@ -63,3 +63,43 @@ def test_fine_tuning_brings_simulated_int8_closer_to_fp32(trained_run, tmp_path,
     divergences = [float(d) for d in re.findall(r"divergence from FP32 ([0-9.]+)", capsys.readouterr().out)]
     assert len(divergences) == 12 and out.is_file()
     assert divergences[-1] < 0.5 * divergences[0], divergences
+
+
+def test_fine_tuning_also_learns_from_the_images_set_aside_for_it(trained_run, tmp_path, capsys, monkeypatch):
+    """The calibration images give the simulated ranges; the set-aside selection images are
+    learned from as well."""
+    import calibration.qat as qat
+    from edge.config import load_config
+    from edge.vision.dataset import Manifest
+
+    from tests.conftest import write_config
+
+    _, run = trained_run
+    config = load_config(write_config(tmp_path / "q.yaml", run.parent / "data", run, calibration={"qat": {"epochs": 1}}))
+    manifest = Manifest.load(run / "manifest.json")
+    train, val = manifest.split("train"), manifest.split("val")
+    ranged, learned = [], []
+    real_ranges, real_loader = qat.input_ranges, qat.make_loader
+    monkeypatch.setattr(qat, "input_ranges", lambda model, batches, pct: ranged.append(len(batches)) or
+                        real_ranges(model, batches, pct))
+    monkeypatch.setattr(qat, "make_loader", lambda data, *a: learned.append(len(data)) or real_loader(data, *a))
+    qat.quantization_aware_finetune(config, run / "best.pt", manifest, [manifest.absolute(i) for i in train[:4]],
+                                    tmp_path / "model_qat.onnx", {}, also_learn=[manifest.absolute(i) for i in val])
+    assert ranged == [4] and learned == [4 + len(val)]
+    assert f"on {4 + len(val)} images (4 calibration, {len(val)} set aside" in capsys.readouterr().out
+
+
+def test_divergence_at_a_temperature_keeps_its_scale_and_tends_to_the_logits_distance():
+    """At temperature 1 it is the plain KL divergence; hot, T^2 x KL tends to half the mean
+    squared difference of the centred logits (per class), so raising T does not shrink the
+    gradients towards zero."""
+    from calibration.qat import divergence
+
+    generator = torch.Generator().manual_seed(0)
+    student, reference = torch.randn(8, 6, generator=generator), torch.randn(8, 6, generator=generator)
+    plain_kl = (reference.softmax(1) * (reference.log_softmax(1) - student.log_softmax(1))).sum(1).mean()
+    assert torch.isclose(divergence(student, reference, 1.0), plain_kl)
+    centred = (student - student.mean(1, keepdim=True)) - (reference - reference.mean(1, keepdim=True))
+    limit = (centred ** 2).sum(1).mean() / (2 * 6)
+    assert torch.isclose(divergence(student, reference, 200.0), limit, rtol=0.02)
+    assert divergence(student, student, 4.0).abs() < 1e-6

@@ -144,11 +144,16 @@ class ExportConfig(Section):
 class QatConfig(Section):
     """Quantization-aware fine-tuning (calibration/qat.py), run only when no post-training
     variant meets min_agreement and max_drop: simulated INT8, learning FP32's answers on the
-    calibration images."""
-    epochs: Int = Field(3, ge=0, description="passes over the calibration images; 0: never")
+    calibration images and a share of the selection images."""
+    epochs: Int = Field(3, ge=0, description="passes over the images it learns from; 0: never")
+    learn_share: Float = Field(0.5, ge=0, lt=1, description=(
+        "share of the selection images (non-test, not calibration) it also learns from, set aside "
+        "before any variant is scored; the rest judge every variant"))
     lr: Float = Field(1e-5, gt=0, le=1)
     batch_size: Int = Field(32, ge=1)
     percentile: Float = Field(99.99, gt=90, le=100, description="of |input| per layer: the simulated INT8 range")
+    temperature: Float = Field(1.0, gt=0, le=20, description="of both softmaxes in the divergence from FP32; "
+                                                            "> 1 also teaches the order of the other classes")
 
 
 class CalibrationConfig(Section):
