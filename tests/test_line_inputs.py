@@ -1,7 +1,10 @@
 """Plant inputs: the belt encoder from a PLC counter (a real pymodbus server on loopback) and
 from a GPIO line, and the photo-eye from a GPIO line, each behind the line's interfaces."""
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -14,6 +17,7 @@ from edge.service.report import summarize
 from tests.conftest import CLASSES, check_exactly_once_and_timing, line_config, simulated_sorter, wait_for
 
 COUNTER = 20  # first of the two holding registers the PLC keeps its belt counter in
+COUNTER_CARD = Path(__file__).parent / "peers" / "counter_card.py"
 
 
 class PlcCounter:
@@ -56,31 +60,31 @@ def test_modbus_encoder_follows_the_counter_across_wrap_and_link_loss(plc):
 
 
 def test_line_times_ejections_from_the_plc_encoder(tmp_path, trained_run, plc):
-    """The belt position comes from the PLC counter (mirrored from the simulated belt, as a
-    counter card would count it); every item is still decided once and ejected on time."""
+    """The belt position comes from the PLC counter (a counter card process counts the simulated
+    belt's motion into the PLC's registers); every item is still decided once and ejected on
+    time."""
     _, run = trained_run
-    config = line_config(tmp_path, run, line={"belt_speed_mm_s": 250, "encoder": True, "mm_per_count": 0.05},
+    line, simulator = {"belt_speed_mm_s": 250, "encoder": True, "mm_per_count": 0.05}, \
+        {"items": 4, "speed_variation": 0.3, "speed_period_s": 2.0}
+    config = line_config(tmp_path, run, line=line, simulator=simulator,
                          inputs={"encoder": {"type": "modbus", "port": plc.port, "address": COUNTER,
                                              "poll_s": 0.002, "timeout_s": 0.3}},
-                         simulator={"items": 4, "speed_variation": 0.3, "speed_period_s": 2.0},
                          decision={"threshold": 0.0, "ejectors": [{"bin": c, "position_mm": 700 + 40 * i, "output": i}
                                                                   for i, c in enumerate(CLASSES)]})
     sorter = simulated_sorter(config)
-    mirror, stop = PlcCounter(plc.port), threading.Event()
-
-    def count():
-        while not stop.is_set():
-            mirror.set(sorter.line.simulator.encoder_count())
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=count)
-    thread.start()
+    belt = sorter.line.simulator.motion
+    card = subprocess.Popen([sys.executable, str(COUNTER_CARD), str(plc.port), str(COUNTER)] +
+                            [repr(v) for v in (belt.v0, belt.a, belt.T, config.line.mm_per_count)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert card.stdout.readline().strip() == "ready"
+        sorter.line.simulator.start()  # the belt starts; the card counts from the same moment
+        card.stdin.write(f"{sorter.line.simulator.t0!r}\n")
+        card.stdin.flush()
         sorter.run_to_end()
     finally:
-        stop.set()
-        thread.join()
-        mirror.close()
+        card.kill()
+        card.wait()
     assert type(sorter.line.inputs.encoder).__name__ == "ModbusEncoder"
     check_exactly_once_and_timing(summarize(sorter, sorter.line.simulator), sorter, tolerance_ms=15.0)
 
