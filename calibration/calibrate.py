@@ -6,8 +6,9 @@ the calibration did not use (train and val: thousands of images, not the ~200 of
 count as well). Each calibration method is tried with every layer quantized and, where that
 agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
 accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
-first. Where none of them meets the bound, the model is fine-tuned with INT8 simulated
-(calibration/qat.py, calibration.qat) and its weights quantized the same ways; it learns from
+first. Then (calibration.qat.when: always; or only where none of them meets the bound) the
+model is fine-tuned with INT8 simulated (calibration/qat.py) and its weights quantized the
+same ways; it learns from
 the calibration images and a share of the selection images, set aside before any variant is
 scored, so every variant is judged on the same images none of them learned from. The variant
 that agrees best with the FP32 model.onnx is kept as model_int8.onnx (TensorRT's form);
@@ -114,10 +115,11 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
                 if good_enough(variants[-1]):
                     break
     qat, learned, post_training = None, [], _best(variants)
-    if cfg.qat.epochs and not good_enough(post_training) and not own_model:
+    fine_tune = cfg.qat.epochs and (cfg.qat.when == "always" or not good_enough(post_training))
+    if fine_tune and not own_model:
         print(f"no quantization-aware fine-tuning: it starts from {run_dir / BEST}, and {fp32} is not that "
               f"run's model.onnx", flush=True)
-    elif cfg.qat.epochs and not good_enough(post_training):  # post-training INT8 missed the bound
+    elif fine_tune:
         learned = [manifest.absolute(i) for i in aside.items]
         judge.leave_out_set_aside(variants)  # from here on every variant is judged on the rest alone
         qat = _prepared(quantization_aware_finetune(config, run_dir / BEST, manifest, files, work / QAT_NAME,

@@ -137,16 +137,25 @@ def test_variants_are_judged_on_every_non_test_image_neither_calibration_nor_fin
         assert variant["accuracy"] == pytest.approx(float(np.mean(answers == np.asarray(labels)))), variant["name"]
 
 
-def test_where_post_training_int8_is_good_enough_every_selection_image_judges_it(trained_run, tmp_path):
+@pytest.mark.parametrize("when", ["needed", "always"])
+def test_where_post_training_int8_is_good_enough_it_is_fine_tuned_only_if_always(trained_run, tmp_path, when):
+    """calibration.qat.when: needed fine-tunes only where no post-training variant meets the
+    bounds, and then every selection image judges; always fine-tunes regardless."""
     from calibration.calibrate import selection_set
 
-    path, run = calibrated_copy(trained_run, tmp_path, images=12, methods=["max"], min_agreement=0.0, max_drop=1.0)
+    path, run = calibrated_copy(trained_run, tmp_path, images=12, methods=["max"], min_agreement=0.0, max_drop=1.0,
+                                qat={"when": when})
     report = json.loads((run / "calibration_report.json").read_text())
     manifest = Manifest.load(run / "manifest.json")
     used = json.loads((run / "calibration_set.json").read_text())["files"]
-    assert [v["name"] for v in report["variants"]] == ["int8-max"] and report["qat_model"] is None
-    assert report["fine_tuning_learned_from"] == []
-    assert report["selection_images"] == len(selection_set(manifest, used).items) > len(manifest.split("val"))
+    selection = len(selection_set(manifest, used).items)
+    if when == "needed":
+        assert [v["name"] for v in report["variants"]] == ["int8-max"] and report["qat_model"] is None
+        assert report["fine_tuning_learned_from"] == [] and report["selection_images"] == selection
+    else:
+        assert [v["name"] for v in report["variants"]] == ["int8-max", "qat-int8-max"] and report["qat_model"]
+        learned = len(report["fine_tuning_learned_from"])
+        assert learned > 0 and report["selection_images"] == selection - learned
 
 
 def test_float_layers_really_stay_float(calibrated):
