@@ -1,12 +1,13 @@
-"""Quantization-aware fine-tuning, for a model whose post-training INT8 misses the bound.
+"""Quantization-aware fine-tuning: INT8 that keeps the FP32 model's answers on new images.
 
 The trained model is fine-tuned with INT8 rounding simulated where the Q/DQ model rounds:
 each convolution's and the classifier's weights per output channel (symmetric, as
 calibration.qdq writes them; BatchNorm folding scales a channel, so the grid is the same
 after folding) and their input activations per tensor (symmetric, ranges from the calibration
 images). Gradients pass the rounding straight through. It learns from the FP32 model's own
-answers (KL divergence, no labels), since agreeing with FP32 is the bound, and it sees only
-the calibration images (augmented), so the selection images that judge it stay unseen.
+answers (KL divergence, no labels), since agreeing with FP32 is the bound, on the calibration
+images and the selection images set aside for it (augmented); the other selection images, which
+judge every variant, stay unseen.
 
 The result is plain FP32 weights that quantize well: exported to ONNX, they go through the
 same calibration and Q/DQ writing as any model (calibration/calibrate.py), so TensorRT 8.5 to
