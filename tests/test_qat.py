@@ -88,18 +88,3 @@ def test_fine_tuning_also_learns_from_the_images_set_aside_for_it(trained_run, t
     assert ranged == [4] and learned == [4 + len(val)]
     assert f"on {4 + len(val)} images (4 calibration, {len(val)} set aside" in capsys.readouterr().out
 
-
-def test_divergence_at_a_temperature_keeps_its_scale_and_tends_to_the_logits_distance():
-    """At temperature 1 it is the plain KL divergence; hot, T^2 x KL tends to half the mean
-    squared difference of the centred logits (per class), so raising T does not shrink the
-    gradients towards zero."""
-    from calibration.qat import divergence
-
-    generator = torch.Generator().manual_seed(0)
-    student, reference = torch.randn(8, 6, generator=generator), torch.randn(8, 6, generator=generator)
-    plain_kl = (reference.softmax(1) * (reference.log_softmax(1) - student.log_softmax(1))).sum(1).mean()
-    assert torch.isclose(divergence(student, reference, 1.0), plain_kl)
-    centred = (student - student.mean(1, keepdim=True)) - (reference - reference.mean(1, keepdim=True))
-    limit = (centred ** 2).sum(1).mean() / (2 * 6)
-    assert torch.isclose(divergence(student, reference, 200.0), limit, rtol=0.02)
-    assert divergence(student, student, 4.0).abs() < 1e-6

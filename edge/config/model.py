@@ -155,8 +155,6 @@ class QatConfig(Section):
     lr: Float = Field(1e-5, gt=0, le=1)
     batch_size: Int = Field(32, ge=1)
     percentile: Float = Field(99.99, gt=90, le=100, description="of |input| per layer: the simulated INT8 range")
-    temperature: Float = Field(1.0, gt=0, le=20, description="of both softmaxes in the divergence from FP32; "
-                                                            "> 1 also teaches the order of the other classes")
 
 
 class CalibrationConfig(Section):
