@@ -73,8 +73,9 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     source = _prepared(fp32, work / "model_prepared.onnx")
     # The fine-tuning starts from the run's checkpoint, the one `export` wrote model.onnx from.
     own_model = fp32.resolve() == (run_dir / "model.onnx").resolve()
-    selection, aside = set_aside(selection_set(manifest, files), cfg.qat.learn_share if own_model else 0.0,
-                                 cfg.seed if cfg.qat.epochs else None)
+    can_fine_tune = own_model and cfg.qat.epochs > 0
+    selection, aside = set_aside(selection_set(manifest, files), cfg.qat.learn_share if can_fine_tune else 0.0,
+                                 cfg.seed)
     judge = Judge(fp32, [selection, aside], lambda ref, out: bin_changes(config, manifest.classes, ref, out), progress)
 
     def good_enough(variant: Dict) -> bool:
@@ -205,12 +206,12 @@ def selection_set(manifest: Manifest, calibration_files) -> Manifest:
     return manifest.subset([replace(i, split="val") for i in pool if str(manifest.absolute(i)) not in used])
 
 
-def set_aside(selection: Manifest, share: float, seed: Optional[int]) -> Tuple[Manifest, Manifest]:
+def set_aside(selection: Manifest, share: float, seed: int) -> Tuple[Manifest, Manifest]:
     """(the selection images, a stratified `share` of them set aside for quantization-aware
     fine-tuning to learn from beside the calibration images). Post-training variants are judged
     on both; if fine-tuning runs, every variant is judged again on the first alone, images none
-    of them learned from. `seed` None: no fine-tuning, nothing set aside."""
-    learned = stratified_share(selection.items, share, seed) if seed is not None and share > 0 else []
+    of them learned from."""
+    learned = stratified_share(selection.items, share, seed)
     taken = {(i.root, i.path) for i in learned}
     return selection.subset([i for i in selection.items if (i.root, i.path) not in taken]), selection.subset(learned)
 
