@@ -209,6 +209,30 @@ def test_a_model_is_hot_swapped_mid_belt_and_rolled_back_with_every_item_decided
         f'scrapsort_model_info{{model="{first.sha256[:12]}"' in metrics
 
 
+def test_a_refused_swap_takes_the_next_request_as_soon_as_its_outcome_shows(tmp_path):
+    """The outcome an operator reads (/api/model) and the end of "a swap is being prepared"
+    are one step: a slow audit write after the refusal must not turn the next request away."""
+    import time
+    from types import SimpleNamespace
+
+    from edge.config.loader import Config
+    from edge.service.model_swap import ModelSwapper
+
+    def slow_audit(kind, fields):
+        time.sleep(0.5)  # an audit log on a slow card
+
+    running = SimpleNamespace(label="v1", path=str(tmp_path / "v1.onnx"), sha256="0" * 64)
+    swapper = ModelSwapper(Config.model_validate({"classes": CLASSES}), lambda: running, slow_audit)
+    for name in ("gone.onnx", "also_gone.onnx"):
+        swapper.request(tmp_path / name, "test")
+        deadline = time.monotonic() + 10
+        while swapper.last.get("state") != "refused" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert swapper.last["state"] == "refused" and name in swapper.last["error"]
+        assert not swapper.busy
+    swapper.close()
+
+
 def test_sighup_loads_the_configured_model_and_a_broken_config_changes_nothing(trained_run, tmp_path):
     import signal
 

@@ -131,12 +131,18 @@ class ModelSwapper:
         self.previous: Optional[str] = None  # the model before the last swap: what rollback loads
         self.last: Dict = {}                 # the last request's outcome, for /api/model
         self._staged: Optional[Staged] = None
+        self._busy = False  # from a request to its outcome in `last`, set together under the lock
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() or self._staged is not None
+        return self._busy
+
+    def _outcome(self, fields: Dict) -> None:
+        with self._lock:
+            self.last = {**self.last, **fields}
+            self._busy = False
 
     def allowed(self, name: str) -> Path:
         """A file the page may ask for: inside models.dir (default the run dir), nothing else."""
@@ -151,6 +157,7 @@ class ModelSwapper:
             if self.busy:
                 raise SwapBusy("a model swap is being prepared; wait for its outcome (GET /api/model)")
             self.last = {"state": "checking", "path": str(path), "reason": reason, "t_wall": time.time()}
+            self._busy = True
             self._thread = threading.Thread(target=self._prepare, args=(Path(path), reason), name="model-swap",
                                             daemon=True)
             self._thread.start()
@@ -175,7 +182,7 @@ class ModelSwapper:
             if backend is not None:
                 backend.close()
             message = str(exc) if isinstance(exc, ScrapsortError) else f"{path}: {type(exc).__name__}: {exc}"
-            self.last = {**self.last, "state": "refused", "error": message}
+            self._outcome({"state": "refused", "error": message})
             self._event("model_swap_refused", {"path": str(path), "reason": reason, "error": message})
             log.error("model swap refused, %s keeps sorting: %s", running.label, message)
             return
@@ -191,7 +198,7 @@ class ModelSwapper:
 
     def swapped(self, old: ModelInfo, new: ModelInfo, staged: Staged) -> None:
         self.previous = old.path
-        self.last = {**self.last, "state": "running", "from": old.label, "to": new.label}
+        self._outcome({"state": "running", "from": old.label, "to": new.label})
         self._event("model_swapped", {"from": old.label, "to": new.label, "path": new.path, "reason": staged.reason,
                                       "canary": staged.checks})
         log.info("model swapped (%s): %s -> %s", staged.reason, old.label, new.label)
