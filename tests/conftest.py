@@ -170,14 +170,70 @@ def run_sim(config):
 
 
 def check_exactly_once_and_timing(summary, sorter, tolerance_ms=10.0):
-    """Every item decided once, every ejecting decision fired once at its ejector, on time."""
+    """Every item decided once, every ejecting decision fired once at its ejector, on time:
+    within the tolerance, plus for a late pulse however long the whole machine was frozen
+    while it was due (no code on it could have fired then)."""
+    from edge.service.report import pulse_timing
+
     assert summary["items_decided"] == summary["items_on_belt"]
     assert summary["entered"] == summary["decisions"] + summary["unclassified"] == summary["items_on_belt"]
     assert summary["items_decided_more_than_once"] == 0 and summary["decisions_without_item"] == 0
     assert summary["pulses_to_wrong_output"] == 0
     ejecting = [d for d in sorter.telemetry.recent_decisions() if d["bin"] in sorter.ejectors]
     assert summary["pulses"] == len(ejecting) > 0  # every ejecting decision fired once, nothing else
-    assert summary["ejection_error_ms"]["max_abs"] <= tolerance_ms, summary["ejection_error_ms"]
+    tolerance = tolerance_ms / 1000
+    spans, off = freeze_spans(), []
+    for fired, error in pulse_timing(sorter, sorter.line.simulator):
+        frozen = frozen_s(fired - error - 0.002, fired, spans) if error > 0 else 0.0  # due, its last sleep, fired
+        if abs(error) > tolerance + frozen:
+            off.append((round(1000 * error, 2), round(1000 * frozen, 2)))
+    assert not off, f"pulses off by (ms, machine frozen meanwhile ms): {off}; {summary['ejection_error_ms']}"
+
+
+def realtime_allowed() -> bool:
+    """May this process run threads under SCHED_FIFO at the ejection timer's priority?"""
+    import resource
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 10
+
+
+# -- machine freezes (tests/peers/freeze_gauge.py) -------------------------------------------
+# The gauge's file, in the environment: pytest's own conftest module and `tests.conftest` as
+# the test files import it are two module objects, with two copies of any global.
+FREEZES_ENV = "SCRAPSORT_TEST_FREEZES"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def freeze_gauge(tmp_path_factory):
+    """A real-time bound on this machine holds for the time it ran: a VM's host can stop it for
+    10 ms and more. The gauge measures those spans for the timing checks (frozen_s)."""
+    path = tmp_path_factory.mktemp("gauge") / "freezes.txt"
+    path.touch()
+    gauge = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers" / "freeze_gauge.py"), str(path)])
+    os.environ[FREEZES_ENV] = str(path)
+    yield gauge
+    del os.environ[FREEZES_ENV]
+    gauge.kill()
+    gauge.wait()
+
+
+def gauge_note() -> str:
+    """Why the gauge measures nothing (no real-time priority), or ''."""
+    path = os.environ.get(FREEZES_ENV)
+    text = Path(path).read_text() if path else "# no gauge running"
+    return text.splitlines()[0] if text.startswith("#") else ""
+
+
+def freeze_spans() -> list:
+    """(start, end) of each freeze the gauge has seen so far."""
+    path = os.environ.get(FREEZES_ENV)
+    lines = Path(path).read_text().splitlines() if path else []
+    return [tuple(map(float, line.split())) for line in lines if line and not line.startswith("#")]
+
+
+def frozen_s(t0: float, t1: float, spans=None) -> float:
+    """How long within [t0, t1] (time.monotonic()) no process here could run, as the gauge saw it."""
+    return sum(max(0.0, min(end, t1) - max(start, t0)) for start, end in (freeze_spans() if spans is None else spans))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from edge.line.simulator import BELT_GREY
 from edge.line.sources import Frame
 from edge.line.track import LOST_AFTER_FRAMES, Detection, Tracker
 from edge.line.trigger import VisionTrigger
-from tests.conftest import line_config
+from tests.conftest import line_config, realtime_allowed
 
 WIDTH, HEIGHT, FPS, SPEED, MM_PER_PX = 320, 160, 40, 500.0, 1.25
 
@@ -249,13 +249,6 @@ def scheduler_on_a_belt():
     from edge.line.ejector import EjectionScheduler
 
     return EjectionScheduler(BeltTracker(LineConfig(belt_speed_mm_s=1000)), [])
-
-
-def realtime_allowed() -> bool:
-    import os
-    import resource
-
-    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 10
 
 
 @pytest.mark.skipif(not realtime_allowed(), reason="needs root or RLIMIT_RTPRIO >= 10 (LimitRTPRIO in the unit)")

@@ -316,7 +316,7 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
 
     from edge.service.shadow import ShadowModel
     from edge.service.telemetry import Telemetry
-    from tests.conftest import line_config
+    from tests.conftest import freeze_spans, frozen_s, line_config
 
     _, run = trained_run
     config = line_config(tmp_path, run, models={"shadow": str(run / "model.onnx"), "shadow_queue": 4})
@@ -332,9 +332,10 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
         crop, overshoot, ends = np.full((120, 160, 3), 90, np.uint8), [], time.monotonic() + 6.0
         while time.monotonic() < ends:  # a loop thread: wakes every 2 ms, offers a crop every 20 ms
             for _ in range(10):
-                started = time.perf_counter()
+                started = time.monotonic()
                 time.sleep(0.002)
-                overshoot.append(time.perf_counter() - started - 0.002)
+                woke = time.monotonic()
+                overshoot.append((started, woke - started - 0.002))
             shadow.offer({"item_id": str(len(overshoot)), "class": "paper", "confidence": 0.9}, crop)
     finally:
         gc.enable()
@@ -343,7 +344,9 @@ def test_a_shadow_model_never_holds_the_loop_up_when_the_cores_are_busy(trained_
             burner.kill()
         shadow.close()
     assert len(answered) > 20  # the shadow did classify meanwhile
-    worst = 1000 * np.percentile(overshoot, [99, 100])
+    spans = freeze_spans()  # the whole machine standing still holds up every thread alike
+    waited = [late - frozen_s(started, started + 0.002 + late, spans) for started, late in overshoot]
+    worst = 1000 * np.percentile(waited, [99, 100])
     assert worst[1] < 25.0, f"the loop thread waited up to {worst[1]:.0f} ms (p99 {worst[0]:.1f} ms)"
 
 

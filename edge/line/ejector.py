@@ -89,7 +89,7 @@ class EjectionScheduler(threading.Thread):
             self._cv.notify()
 
     def run(self) -> None:
-        self.realtime = realtime_thread(REALTIME_PRIORITY)
+        self.realtime = realtime_thread()
         while True:
             with self._cv:
                 while not self._heap and not self._stop:
@@ -135,14 +135,16 @@ class EjectionScheduler(threading.Thread):
             self.on_fired(fired)
 
 
-def realtime_thread(priority: int) -> bool:
+def realtime_thread(priority: int = REALTIME_PRIORITY) -> bool:
     """Run the calling thread under SCHED_FIFO: with inference and the camera keeping both cores
     busy, a timer thread of normal priority can wake milliseconds late. Allowed to root or by
-    RLIMIT_RTPRIO (LimitRTPRIO= in systemd/scrapsort.service); without it, normal priority."""
+    RLIMIT_RTPRIO (LimitRTPRIO= in systemd/scrapsort.service); without it, normal priority.
+    Threads it starts inherit the policy (glibc's default), the pulse-end timers among them."""
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread (Linux)
         return True
     except (AttributeError, OSError) as exc:
-        log.warning("ejection timer at normal priority (%s): pulses may jitter under load; "
-                    "LimitRTPRIO=%d in the service unit allows real-time priority", exc, priority)
+        log.warning("%s thread at normal priority (%s): pulses may jitter under load; "
+                    "LimitRTPRIO=%d in the service unit allows real-time priority",
+                    threading.current_thread().name, exc, priority)
         return False

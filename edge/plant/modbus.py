@@ -19,6 +19,7 @@ import time
 from edge.plant.base import Actuator, PulseEnds
 from edge.config import ModbusActuatorConfig, ModbusEncoderConfig
 from edge.deps import require
+from edge.line.ejector import realtime_thread
 from edge.line.inputs import Encoder
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,10 @@ class ModbusActuator(Actuator):
 
     def _heartbeat(self) -> None:
         """Toggle the heartbeat only while the sorting loop makes progress (a hung loop stops it,
-        and the PLC's watchdog drops the outputs); the status bits mirror the line's health."""
+        and the PLC's watchdog drops the outputs); the status bits mirror the line's health.
+        At the ejection timer's priority: a pulse waits for the socket while a heartbeat is on
+        it, and a heartbeat of normal priority preempted mid-request would hold the pulse back."""
+        realtime_thread()
         while not self._stop.wait(self.cfg.heartbeat_s):
             if time.monotonic() - self._loop_at > 2 * self.cfg.heartbeat_s:
                 continue

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -47,26 +47,44 @@ def _per_frame(decisions) -> Dict[str, float]:
     return percentiles(list(last.values()), scale=1.0)
 
 
-def _against_truth(sorter: Sorter, sim) -> Dict:
+def _decisions_and_truth(sorter: Sorter, sim) -> Tuple[Dict, Dict]:
+    """Each decision by item id, and the simulated item it was about (None: no item there)."""
     by_id, truth_of = {}, {}
-    decisions = sorter.telemetry.recent_decisions()
-    for d in decisions:
+    for d in sorter.telemetry.recent_decisions():
         by_id[d["item_id"]] = d
         truth_of[d["item_id"]] = sim.item_at(d["t_capture"], d["x_mm"], d.get("y_mm", 0.0))
+    return by_id, truth_of
+
+
+def pulse_timing(sorter: Sorter, sim) -> List[Tuple[float, float]]:
+    """(fired at, error in s) of each pulse for a simulated item, against the moment the item's
+    own centre (leading edge for a valve bank) truly reached its ejector."""
+    _, truth_of = _decisions_and_truth(sorter, sim)
+    decision = sorter.config.decision
+    ejector_of = {o: e for e in decision.ejectors for o in e.outputs}
+    timing = []
+    for fired in sorter.scheduler.fired:
+        item = truth_of.get(fired.item_id)
+        if item is not None:
+            ejector = ejector_of[fired.outputs[0]]
+            lead = item.length_mm / 2 + decision.lead_mm if ejector.valves else 0.0
+            timing.append((fired.t_fired, fired.t_fired - sim.truth_time(item, ejector.position_mm - lead)))
+    return timing
+
+
+def _against_truth(sorter: Sorter, sim) -> Dict:
+    by_id, truth_of = _decisions_and_truth(sorter, sim)
     matched = [i for i in truth_of.values() if i is not None]
     per_item = Counter(item.index for item in matched)
     correct = sum(1 for item_id, item in truth_of.items() if item and by_id[item_id]["class"] == item.label)
     decision = sorter.config.decision
     ejector_of = {o: e for e in decision.ejectors for o in e.outputs}
-    errors, wrong_bin, valve_sets, right_valves, exact_valves, covered = [], 0, 0, 0, 0, 0
+    wrong_bin, valve_sets, right_valves, exact_valves, covered = 0, 0, 0, 0, 0
     for fired in sorter.scheduler.fired:
         item = truth_of.get(fired.item_id)
         if item is None:
             continue
         ejector = ejector_of[fired.outputs[0]]
-        # the truth: when the item's own centre (leading edge for a bank) reached the ejector
-        lead = item.length_mm / 2 + decision.lead_mm if ejector.valves else 0.0
-        errors.append(fired.t_fired - sim.truth_time(item, ejector.position_mm - lead))
         chosen = sorter.ejectors.get(by_id[fired.item_id]["bin"])
         wrong_bin += chosen is None or chosen is not ejector
         if ejector.valves:
@@ -78,6 +96,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
             arrives = sim.truth_time(item, ejector.position_mm - item.length_mm / 2)
             leaves = sim.truth_time(item, ejector.position_mm + item.length_mm / 2)
             covered += fired.t_fired <= arrives and fired.t_fired + fired.width_s >= leaves
+    errors = [error for _, error in pulse_timing(sorter, sim)]
     spread = percentiles(np.abs(errors))
     return {
         "items_on_belt": len(sim.items),

@@ -1,0 +1,37 @@
+"""Measures when the whole machine stopped running user code: a SCHED_FIFO process that sleeps
+1 ms at a time, so no ordinary process (the tests' own load included) can keep it waiting;
+a wake-up that comes late means the kernel or the hypervisor held every thread back (a VM
+descheduled by its host, for example). Each such span is appended to FILE as "start end"
+(time.monotonic(), the clock every process here shares).
+
+usage: python freeze_gauge.py FILE
+Stops when its parent does. Without the right to real-time priority it records nothing, so it
+excuses nothing.
+"""
+import os
+import sys
+import time
+
+TICK_S = 0.001
+LATE_S = 0.001  # a wake-up later than this past the tick counts as a freeze
+
+
+def main() -> None:
+    parent = os.getppid()
+    with open(sys.argv[1], "a", buffering=1) as out:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # the lowest real-time priority
+        except (AttributeError, OSError) as exc:
+            print(f"# no real-time priority ({exc}): nothing measured", file=out)
+            return
+        expected = time.monotonic()
+        while os.getppid() == parent:
+            time.sleep(TICK_S)
+            expected, now = expected + TICK_S, time.monotonic()
+            if now - expected > LATE_S:
+                out.write(f"{expected:.6f} {now:.6f}\n")
+            expected = now
+
+
+if __name__ == "__main__":
+    main()
