@@ -201,6 +201,7 @@ def realtime_allowed() -> bool:
 # The gauge's file, in the environment: pytest's own conftest module and `tests.conftest` as
 # the test files import it are two module objects, with two copies of any global.
 FREEZES_ENV = "SCRAPSORT_TEST_FREEZES"
+FREEZE_SUMMARY: list = []  # for the run's last lines (this module's own copy: pytest's hooks use it)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -212,9 +213,17 @@ def freeze_gauge(tmp_path_factory):
     gauge = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers" / "freeze_gauge.py"), str(path)])
     os.environ[FREEZES_ENV] = str(path)
     yield gauge
+    spans = [end - start for start, end in freeze_spans()]
+    FREEZE_SUMMARY.append(gauge_note() or f"machine freezes (tests/peers/freeze_gauge.py): {len(spans)} of 1 ms "
+                          f"or more, {sum(s > 0.005 for s in spans)} over 5 ms, longest {1000 * max(spans, default=0):.1f} ms")
     del os.environ[FREEZES_ENV]
     gauge.kill()
     gauge.wait()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in FREEZE_SUMMARY:
+        terminalreporter.write_line(line)
 
 
 def gauge_note() -> str:
