@@ -28,6 +28,7 @@ import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from calibration.bias_correction import bias_corrected
 from calibration.dataset import (SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items,
                                  stratified_share)
 from calibration.fp16 import convert_fp16
@@ -47,6 +48,7 @@ FP16_NAME, INT8_NAME, CACHE_NAME = "model_fp16.onnx", "model_int8.onnx", "calibr
 INT8_CPU_NAME, QAT_NAME = "model_int8_cpu.onnx", "model_qat.onnx"
 FORM_PRECISIONS = {"tensorrt": "int8", "cpu": "int8-cpu"}  # quantize_int8 form -> model metadata precision
 REPORT_NAME = "calibration_report.json"
+BIAS_CORRECTED = "bc-"  # the name prefix of the variants of the bias-corrected model
 
 
 def calibrate(config: Config, model_path: Optional[str] = None, set_path: Optional[str] = None,
@@ -105,16 +107,22 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         _print(variant)
         return variant
 
+    # The model as trained, and (calibration.bias_correction) with its biases corrected for
+    # the weights' rounding: each is quantized with every method, then with layers left in float.
+    models = {"": source}
+    if cfg.bias_correction:
+        models[BIAS_CORRECTED] = bias_corrected(source, work / "model_bias_corrected.onnx", reader)
     variants, ranking, scores = [], None, None
     for method in cfg.methods:
-        variants.append(scored(f"int8-{method}", method, [], fresh=True))
-        if cfg.max_float_layers and not good_enough(variants[-1]):
-            if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
-                ranking, scores = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
-            for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
-                variants.append(scored(f"int8-{method}-float-{count}", method, ranking[:count]))
-                if good_enough(variants[-1]):
-                    break
+        for prefix, model in models.items():
+            variants.append(scored(f"{prefix}int8-{method}", method, [], model=model, fresh=True))
+            if cfg.max_float_layers and not good_enough(variants[-1]):
+                if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
+                    ranking, scores = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
+                for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
+                    variants.append(scored(f"{prefix}int8-{method}-float-{count}", method, ranking[:count], model=model))
+                    if good_enough(variants[-1]):
+                        break
     qat, learned, post_training = None, [], _best(variants)
     fine_tune = cfg.qat.epochs and (cfg.qat.when == "always" or not good_enough(post_training))
     if fine_tune and not own_model:
@@ -135,9 +143,13 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     shutil.copyfile(best["path"], run_dir / INT8_NAME)
 
     # ONNX Runtime's x86 form of the same model with the same layers in float; each method is
-    # tried again, since asymmetric ranges differ from the symmetric ones.
-    cpu_variants = [scored(f"int8-cpu-{method}", method, best["float_layers"], "cpu", Path(best["source"]), True)
-                    for method in cfg.methods]
+    # tried again, since asymmetric ranges differ from the symmetric ones. Its weights round to
+    # 7 bits: a corrected model is corrected for that grid.
+    corrected = best["name"].startswith(BIAS_CORRECTED)
+    cpu_source = bias_corrected(source, work / "model_bias_corrected_cpu.onnx", reader, "cpu") if corrected \
+        else Path(best["source"])
+    cpu_variants = [scored(f"{BIAS_CORRECTED if corrected else ''}int8-cpu-{method}", method, best["float_layers"],
+                           "cpu", cpu_source, True) for method in cfg.methods]
     cpu_best = _best(cpu_variants)
     shutil.copyfile(cpu_best["path"], run_dir / INT8_CPU_NAME)
     cpu_int8 = {**cpu_best, "path": str(run_dir / INT8_CPU_NAME), "variants": cpu_variants}
@@ -153,6 +165,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
               "fp32_accuracy": judge.fp32_accuracy, "sensitivity_ranking": ranking,
               "sensitivity": scores,
               "chosen_good_enough": good_enough(best), "qat_model": str(work / QAT_NAME) if qat else None,
+              "qat_float_layers_from": post_training["name"] if qat else None,
               "chosen": best["name"], "variants": variants, "int8_cpu": cpu_int8,
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written, "trt_cache_from": cached["name"]}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
@@ -170,7 +183,7 @@ def _prepared(fp32: Path, out: Path) -> Path:
 def _ranges(work: Path, method: str, form: str, model: Path) -> Path:
     """Cached activation ranges of one model: symmetric for TensorRT's form, asymmetric for the
     CPU form."""
-    prefix = "qat-" if model.name.startswith("model_qat") else ""
+    prefix = "" if model.stem == "model_prepared" else f"{model.stem}-"
     return work / f"{prefix}ranges-{method}{'' if form == 'tensorrt' else '-asymmetric'}.json"
 
 
