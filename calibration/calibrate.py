@@ -3,7 +3,9 @@
 INT8 variants are measured against the FP32 model on the selection set: every non-test image
 the calibration did not use (train and val: thousands of images, not the ~200 of val, so a
 1-point difference is not noise; agreement needs no label, so images the model trained on
-count as well). Each calibration method is tried with every layer quantized and, where that
+count as well). Each calibration method is tried on the model as trained and on the model
+with its biases corrected for the weights' rounding (calibration/bias_correction.py), each
+with every layer quantized and, where that
 agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
 accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
 first. Then (calibration.qat.when: always; or only where none of them meets the bound) the
