@@ -1,7 +1,8 @@
-"""Measures when the whole machine stopped running user code: a SCHED_FIFO process that sleeps
-1 ms at a time, so no ordinary process (the tests' own load included) can keep it waiting;
-a wake-up that comes late means the kernel or the hypervisor held every thread back (a VM
-descheduled by its host, for example). Each such span is appended to FILE as "start end"
+"""Measures when the whole machine stopped running user code: a process at the highest
+SCHED_FIFO priority that sleeps 1 ms at a time, so no other process or thread (the tests' own
+load, the line's real-time threads included) can keep it waiting; a wake-up that comes late
+means the kernel or the hypervisor held every thread back (a VM descheduled by its host, for
+example). Each such span is appended to FILE as "start end"
 (time.monotonic(), the clock every process here shares).
 
 usage: python freeze_gauge.py FILE
@@ -20,17 +21,16 @@ def main() -> None:
     parent = os.getppid()
     with open(sys.argv[1], "a", buffering=1) as out:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # the lowest real-time priority
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(os.sched_get_priority_max(os.SCHED_FIFO)))
         except (AttributeError, OSError) as exc:
             print(f"# no real-time priority ({exc}): nothing measured", file=out)
             return
-        expected = time.monotonic()
         while os.getppid() == parent:
+            due = time.monotonic() + TICK_S
             time.sleep(TICK_S)
-            expected, now = expected + TICK_S, time.monotonic()
-            if now - expected > LATE_S:
-                out.write(f"{expected:.6f} {now:.6f}\n")
-            expected = now
+            woke = time.monotonic()
+            if woke - due > LATE_S:
+                out.write(f"{due:.6f} {woke:.6f}\n")  # written after the measurement: not counted in it
 
 
 if __name__ == "__main__":
