@@ -24,8 +24,12 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from calibration.dataset import CalibrationReader
+from calibration.qdq import FORMS
 
-WEIGHT_LEVELS = {"tensorrt": 127, "cpu": 64}  # calibration.qdq.FORMS: full and reduced (7-bit) range
+
+def weight_levels(form: str) -> int:
+    """The largest INT8 weight of a form: 127, or 64 where its weights are 7-bit (reduce_range)."""
+    return 64 if FORMS[form]["reduce_range"] else 127
 
 
 def rounding_error(weight: np.ndarray, levels: int) -> np.ndarray:
@@ -47,21 +51,26 @@ def output_shift(weight: np.ndarray, groups: int, mean: np.ndarray, levels: int)
     return np.einsum("goc,gc->go", summed, mean.reshape(groups, per_group)).reshape(out)
 
 
+def attribute(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def corrected_layers(graph: onnx.GraphProto) -> List[onnx.NodeProto]:
     """Convolutions and Gemms (B transposed, as exporters write a classifier) with constant weights."""
     constants = {i.name for i in graph.initializer}
 
-    def attribute(node, name, default):
-        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    def plain_gemm(node):
+        return attribute(node, "transB", 0) == 1 and attribute(node, "alpha", 1.0) == attribute(node, "beta", 1.0) == 1.0
 
-    return [n for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in constants and (
-        n.op_type == "Conv" or n.op_type == "Gemm" and attribute(n, "transB", 0) == 1
-        and attribute(n, "alpha", 1.0) == 1.0 and attribute(n, "beta", 1.0) == 1.0)]
+    return [n for n in graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in constants
+            and (n.op_type == "Conv" or plain_gemm(n))]
 
 
-def input_means(model_path: Path, names: List[str], reader: CalibrationReader) -> Dict[str, np.ndarray]:
-    """The per-channel mean of each named tensor over the calibration images."""
+def input_means(model_path: Path, reader: CalibrationReader) -> Dict[str, np.ndarray]:
+    """The per-channel mean of each corrected layer's input over the calibration images (the
+    same for every form: compute once, correct for each)."""
     model = onnx.load(str(model_path))
+    names = sorted({n.input[0] for n in corrected_layers(model.graph)})
     model.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     with tempfile.TemporaryDirectory(prefix="scrapsort-bias-") as tmp:
         onnx.save(model, str(Path(tmp) / "means.onnx"))
@@ -77,17 +86,15 @@ def input_means(model_path: Path, names: List[str], reader: CalibrationReader) -
     return {name: total / images for name, total in sums.items()}
 
 
-def bias_corrected(source: Path, out: Path, reader: CalibrationReader, form: str = "tensorrt") -> Path:
-    """`source` with each layer's bias moved against its weights' rounding shift; written to `out`."""
+def bias_corrected(source: Path, out: Path, means: Dict[str, np.ndarray], form: str = "tensorrt") -> Path:
+    """`source` with each layer's bias moved against its weights' rounding shift on inputs of
+    `means` (input_means); written to `out`."""
     model = onnx.load(str(source))
     graph = model.graph
-    layers = corrected_layers(graph)
-    means = input_means(source, sorted({n.input[0] for n in layers}), reader)
     constants = {i.name: i for i in graph.initializer}
-    for node in layers:
+    for node in corrected_layers(graph):
         weight = numpy_helper.to_array(constants[node.input[1]])
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        shift = output_shift(weight, groups, means[node.input[0]], WEIGHT_LEVELS[form])
+        shift = output_shift(weight, attribute(node, "group", 1), means[node.input[0]], weight_levels(form))
         if len(node.input) > 2 and node.input[2]:
             bias = constants[node.input[2]]
             bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) - shift.astype(np.float32), bias.name))

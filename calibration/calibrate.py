@@ -30,7 +30,7 @@ import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from calibration.bias_correction import bias_corrected
+from calibration.bias_correction import bias_corrected, input_means
 from calibration.dataset import (SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items,
                                  stratified_share)
 from calibration.fp16 import convert_fp16
@@ -111,9 +111,10 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
 
     # The model as trained, and (calibration.bias_correction) with its biases corrected for
     # the weights' rounding: each is quantized with every method, then with layers left in float.
-    models = {"": source}
+    models, means = {"": source}, None
     if cfg.bias_correction:
-        models[BIAS_CORRECTED] = bias_corrected(source, work / "model_bias_corrected.onnx", reader)
+        means = input_means(source, reader)  # the same for both forms' corrections
+        models[BIAS_CORRECTED] = bias_corrected(source, work / "model_bias_corrected.onnx", means)
     variants, ranking, scores = [], None, None
     for method in cfg.methods:
         for prefix, model in models.items():
@@ -148,7 +149,7 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     # tried again, since asymmetric ranges differ from the symmetric ones. Its weights round to
     # 7 bits: a corrected model is corrected for that grid.
     corrected = best["name"].startswith(BIAS_CORRECTED)
-    cpu_source = bias_corrected(source, work / "model_bias_corrected_cpu.onnx", reader, "cpu") if corrected \
+    cpu_source = bias_corrected(source, work / "model_bias_corrected_cpu.onnx", means, "cpu") if corrected \
         else Path(best["source"])
     cpu_variants = [scored(f"{BIAS_CORRECTED if corrected else ''}int8-cpu-{method}", method, best["float_layers"],
                            "cpu", cpu_source, True) for method in cfg.methods]

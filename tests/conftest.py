@@ -194,7 +194,9 @@ def realtime_allowed() -> bool:
     """May this process run threads under SCHED_FIFO at the ejection timer's priority?"""
     import resource
 
-    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 10
+    from edge.line.ejector import REALTIME_PRIORITY
+
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= REALTIME_PRIORITY
 
 
 # -- machine freezes (tests/peers/freeze_gauge.py) -------------------------------------------

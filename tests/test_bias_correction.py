@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.bias_correction import WEIGHT_LEVELS, bias_corrected, rounding_error
+from calibration.bias_correction import bias_corrected, input_means, rounding_error, weight_levels
 from calibration.dataset import CalibrationReader
 
 
@@ -50,9 +50,10 @@ def test_the_corrected_model_rounded_to_int8_keeps_the_fp32_mean_output(tmp_path
     # Not centred on zero; each image even across its pixels, so that every window of the 3x3
     # convolution sees the image's mean (the correction does not model image borders).
     inputs = [np.broadcast_to(rng.random((1, 3, 1, 1)) * 2 + 1, (1, 3, 6, 6)).astype(np.float32) for _ in range(16)]
-    corrected = bias_corrected(source, tmp_path / "corrected.onnx", CalibrationReader("x", inputs), form)
+    means = input_means(source, CalibrationReader("x", inputs))
+    corrected = bias_corrected(source, tmp_path / "corrected.onnx", means, form)
 
-    levels = WEIGHT_LEVELS[form]
+    levels = weight_levels(form)
     fp32 = mean_output(source, inputs)
     plain = mean_output(with_rounded_weights(source, tmp_path / "plain_int8.onnx", levels), inputs)
     fixed = mean_output(with_rounded_weights(corrected, tmp_path / "corrected_int8.onnx", levels), inputs)
@@ -65,7 +66,8 @@ def test_a_layer_without_a_bias_gets_one_and_the_rest_of_the_graph_is_unchanged(
     rng = np.random.default_rng(1)
     source = linear_model(tmp_path / "fp32.onnx", rng)
     inputs = [(rng.random((1, 3, 6, 6)) + 1).astype(np.float32) for _ in range(4)]
-    corrected = onnx.load(str(bias_corrected(source, tmp_path / "c.onnx", CalibrationReader("x", inputs))))
+    means = input_means(source, CalibrationReader("x", inputs))
+    corrected = onnx.load(str(bias_corrected(source, tmp_path / "c.onnx", means)))
     original = onnx.load(str(source))
     pointwise = next(n for n in corrected.graph.node if n.name == "pointwise")
     assert len(pointwise.input) == 3  # a bias was added where the exporter wrote none

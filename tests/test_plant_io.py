@@ -55,7 +55,8 @@ def test_the_freeze_gauge_counts_the_time_it_was_held_still(freeze_gauge):
     released = time.monotonic()
     assert wait_for(lambda: frozen_s(held, released) > 0.030, timeout=2)
     assert frozen_s(held, released) <= released - held
-    assert frozen_s(released + 10, released + 20) == 0.0
+    hold = [(start, end) for start, end in freeze_spans() if end - start > 0.030 and end > held]
+    assert hold and held - 0.002 <= hold[0][0] and hold[0][1] <= released + 0.010  # where the hold was
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -56,10 +56,11 @@ def _decisions_and_truth(sorter: Sorter, sim) -> Tuple[Dict, Dict]:
     return by_id, truth_of
 
 
-def pulse_timing(sorter: Sorter, sim) -> List[Tuple[float, float]]:
+def pulse_timing(sorter: Sorter, sim, truth_of: Optional[Dict] = None) -> List[Tuple[float, float]]:
     """(fired at, error in s) of each pulse for a simulated item, against the moment the item's
-    own centre (leading edge for a valve bank) truly reached its ejector."""
-    _, truth_of = _decisions_and_truth(sorter, sim)
+    own centre (leading edge for a valve bank) truly reached its ejector. `truth_of`: the
+    decisions' items, where the caller has them already."""
+    truth_of = _decisions_and_truth(sorter, sim)[1] if truth_of is None else truth_of
     decision = sorter.config.decision
     ejector_of = {o: e for e in decision.ejectors for o in e.outputs}
     timing = []
@@ -96,7 +97,7 @@ def _against_truth(sorter: Sorter, sim) -> Dict:
             arrives = sim.truth_time(item, ejector.position_mm - item.length_mm / 2)
             leaves = sim.truth_time(item, ejector.position_mm + item.length_mm / 2)
             covered += fired.t_fired <= arrives and fired.t_fired + fired.width_s >= leaves
-    errors = [error for _, error in pulse_timing(sorter, sim)]
+    errors = [error for _, error in pulse_timing(sorter, sim, truth_of)]
     spread = percentiles(np.abs(errors))
     return {
         "items_on_belt": len(sim.items),
