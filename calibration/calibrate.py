@@ -4,19 +4,17 @@ INT8 variants are measured against the FP32 model on the selection set: every no
 the calibration did not use (train and val: thousands of images, not the ~200 of val, so a
 1-point difference is not noise; agreement needs no label, so images the model trained on
 count as well). Each calibration method is tried on the model as trained and on the model
-with its biases corrected for the weights' rounding (calibration/bias_correction.py), each
-with every layer quantized and, where that
-agrees with FP32 on fewer than `min_agreement` of the images or loses more than `max_drop`
-accuracy, with the layers most sensitive to INT8 (measured one by one) left in float, fewest
-first. Then (calibration.qat.when: always; or only where none of them meets the bound) the
-model is fine-tuned with INT8 simulated (calibration/qat.py) and its weights quantized the
-same ways; it learns from
-the calibration images and a share of the selection images, set aside before any variant is
-scored, so every variant is judged on the same images none of them learned from. The variant
-that agrees best with the FP32 model.onnx is kept as model_int8.onnx (TensorRT's form);
-model_int8_cpu.onnx is the same calibration in ONNX Runtime's fast x86 form, with the same
-layers in float. The test split is never looked at here, so the test numbers of `evaluate
---precisions` stay honest.
+with its biases corrected for INT8's shifts (calibration/bias_correction.py), every layer
+quantized. Where none of those agrees with FP32 on `min_agreement` of the images and loses at
+most `max_drop` accuracy, each is tried again with the layers most sensitive to INT8 (measured
+one by one) left in float, fewest first. Then (calibration.qat.when: always; or only where no
+variant meets the bounds) the model is fine-tuned with INT8 simulated (calibration/qat.py) and
+its weights quantized the same ways; it learns from the calibration images and a share of the
+selection images, set aside before any variant is scored, so every variant is judged on the
+same images none of them learned from. The variant that agrees best with the FP32 model.onnx
+is kept as model_int8.onnx (TensorRT's form); model_int8_cpu.onnx is the same calibration in
+ONNX Runtime's fast x86 form, with the same layers in float. The test split is never looked at
+here, so the test numbers of `evaluate --precisions` stay honest.
 """
 from __future__ import annotations
 
@@ -30,7 +28,7 @@ import numpy as np
 from onnxruntime.quantization.calibrate import load_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from calibration.bias_correction import bias_corrected, input_means
+from calibration.bias_correction import bias_corrected, layer_means, sequentially_corrected
 from calibration.dataset import (SET_NAME, CalibrationReader, load_set, preprocess_files, save_set, select_items,
                                  stratified_share)
 from calibration.fp16 import convert_fp16
@@ -87,10 +85,14 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     metadata = {form: replace(info, precision=precision).to_metadata() for form, precision in FORM_PRECISIONS.items()}
     metadata["cpu"][INT32_BIASES_KEY] = "true"
 
+    corrected_models = set()  # their Q/DQ files get step 2 of bias correction too
+
     def quantized(name: str, method: str, exclude, form: str = "tensorrt", model: Path = source) -> Path:
         """`model` quantized in one form, with the layers in `exclude` left in float."""
         out = work / f"{name}.onnx"
         quantize_int8(model, out, reader, method, _ranges(work, method, form, model), exclude, cfg.percentile, form)
+        if model in corrected_models:
+            sequentially_corrected(out, out, means, step_two)
         stamp(out, metadata[form])
         return out
 
@@ -109,19 +111,24 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
         _print(variant)
         return variant
 
-    # The model as trained, and (calibration.bias_correction) with its biases corrected for
-    # the weights' rounding: each is quantized with every method, then with layers left in float.
+    # The model as trained, and (calibration.bias_correction) with its biases corrected for the
+    # weights' rounding and, once quantized, for the shifts measured layer by layer: each is
+    # quantized with every method and every layer INT8. Layers stay in float (which costs latency
+    # on the device) only where none of those meets the bounds.
     models, means = {"": source}, None
     if cfg.bias_correction:
-        means = input_means(source, reader)  # the same for both forms' corrections
+        means = layer_means(source, reader)  # the same for both forms' corrections
+        step_two = spread(reader, cfg.bias_correction_images)
         models[BIAS_CORRECTED] = bias_corrected(source, work / "model_bias_corrected.onnx", means)
-    variants, ranking, scores = [], None, None
-    for method in cfg.methods:
-        for prefix, model in models.items():
-            variants.append(scored(f"{prefix}int8-{method}", method, [], model=model, fresh=True))
-            if cfg.max_float_layers and not good_enough(variants[-1]):
-                if ranking is None:  # which layers hurt most when quantized alone (once, on a subset)
-                    ranking, scores = _sensitivity(selection, work, method, source, trial, cfg.sensitivity_images)
+        corrected_models.add(models[BIAS_CORRECTED])
+    variants = [scored(f"{prefix}int8-{method}", method, [], model=model, fresh=True)
+                for method in cfg.methods for prefix, model in models.items()]
+    ranking, scores = None, None
+    if cfg.max_float_layers and not any(good_enough(v) for v in variants):
+        # which layers hurt most when quantized alone (once, on a subset)
+        ranking, scores = _sensitivity(selection, work, cfg.methods[0], source, trial, cfg.sensitivity_images)
+        for method in cfg.methods:
+            for prefix, model in models.items():
                 for count in range(1, min(cfg.max_float_layers, len(ranking)) + 1):
                     variants.append(scored(f"{prefix}int8-{method}-float-{count}", method, ranking[:count], model=model))
                     if good_enough(variants[-1]):
@@ -151,6 +158,8 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
     corrected = best["name"].startswith(BIAS_CORRECTED)
     cpu_source = bias_corrected(source, work / "model_bias_corrected_cpu.onnx", means, "cpu") if corrected \
         else Path(best["source"])
+    if corrected:
+        corrected_models.add(cpu_source)
     cpu_variants = [scored(f"{BIAS_CORRECTED if corrected else ''}int8-cpu-{method}", method, best["float_layers"],
                            "cpu", cpu_source, True) for method in cfg.methods]
     cpu_best = _best(cpu_variants)
@@ -173,6 +182,12 @@ def calibrate(config: Config, model_path: Optional[str] = None, set_path: Option
               "trt_cache": str(run_dir / CACHE_NAME), "trt_cache_tensors": written, "trt_cache_from": cached["name"]}
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=1))
     return report
+
+
+def spread(reader: CalibrationReader, images: int) -> CalibrationReader:
+    """At most `images` of the reader's, evenly spread over it (the set is stratified by class)."""
+    step = max(1, -(-len(reader.batches) // images))
+    return CalibrationReader(reader.input_name, reader.batches[::step][:images])
 
 
 def _prepared(fp32: Path, out: Path) -> Path:

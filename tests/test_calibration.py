@@ -80,8 +80,10 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     kept_floats = len(next(v for v in report["variants"] if v["name"] == report["qat_float_layers_from"])
                       ["float_layers"])
     qat = [[f"qat-int8-{m}"] + ([f"qat-int8-{m}-float-{kept_floats}"] if kept_floats else []) for m in ("max", "entropy")]
-    assert post_training == [f"{model}int8-{m}{f'-float-{k}' if k else ''}"  # as trained, then bias-corrected
-                             for m in ("max", "entropy") for model in ("", "bc-") for k in range(floats + 1)]
+    every_layer = [f"{model}int8-{m}" for m in ("max", "entropy") for model in ("", "bc-")]  # as trained, corrected
+    with_floats = [f"{model}int8-{m}-float-{k}" for m in ("max", "entropy") for model in ("", "bc-")
+                   for k in range(1, floats + 1)]
+    assert post_training == every_layer + with_floats
     assert names[len(post_training):] == qat[0] + qat[1]  # none met the bound: the fine-tuned model was tried
     for variant in report["variants"]:
         corrected = variant["name"].startswith("bc-")
@@ -95,6 +97,31 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
     assert (run / "model_int8.onnx").read_bytes() == open(best["path"], "rb").read()
     x86 = report["int8_cpu"]  # from the chosen model: bias-corrected for its own 7-bit weights where that was chosen
     assert x86["source"].endswith("model_bias_corrected_cpu.onnx") == best["name"].startswith("bc-")
+
+
+def test_bias_corrected_variants_give_each_layer_the_fp32_mean_output_over_the_calibration_images(calibrated):
+    """Step 2 of bias correction runs on every variant of the corrected model, those with layers
+    left in float too, and on no other."""
+    from calibration.bias_correction import layer_means, tensor_means
+    from calibration.dataset import CalibrationReader, preprocess_files
+    from train.onnx_meta import input_name
+
+    _, run = calibrated
+    report = json.loads((run / "calibration_report.json").read_text())
+    with open_backend(run / "model.onnx") as fp32:
+        info = fp32.info
+    files = load_set(run / "calibration_set.json", info)
+    reader = CalibrationReader(input_name(run / "model.onnx"), preprocess_files(files, info.preprocess, False))
+    reference = layer_means(run / "calibration" / "model_prepared.onnx", reader).outputs
+    post_training = [v for v in report["variants"] if not v["name"].startswith("qat-")]
+    for variant in post_training:
+        layers = [n for n in onnx.load(variant["path"]).graph.node if n.name in reference]
+        means = tensor_means(Path(variant["path"]), [n.output[0] for n in layers], reader)
+        off = max(float(np.abs(means[n.output[0]] - reference[n.name]).max()) for n in layers)
+        if variant["name"].startswith("bc-"):
+            assert off < 1e-4, variant["name"]
+        else:
+            assert off > 1e-3, variant["name"]
 
 
 def test_sensitivity_ranks_layers_that_change_no_answer_by_how_far_they_move_the_logits(calibrated):
@@ -165,6 +192,28 @@ def test_where_post_training_int8_is_good_enough_it_is_fine_tuned_only_if_always
         assert report["qat_model"]
         learned = len(report["fine_tuning_learned_from"])
         assert learned > 0 and report["selection_images"] == selection - learned
+
+
+def test_no_layer_stays_in_float_where_a_variant_with_every_layer_int8_meets_the_bounds(trained_run, tmp_path,
+                                                                                     monkeypatch):
+    """A float layer costs latency on the device: the sensitivity scan and the float-layer
+    variants run only where no variant with every layer INT8 meets the bounds (here the
+    bias-corrected one is made to meet them and the other not)."""
+    from calibration import calibrate as module
+
+    judged = module.Judge.scored
+
+    def scored(judge, variant):
+        met = variant["name"].startswith("bc-")
+        return {**judged(judge, variant), "agreement": 1.0 if met else 0.5,
+                "accuracy": judge.fp32_accuracy if met else 0.0}
+
+    monkeypatch.setattr(module.Judge, "scored", scored)
+    _, run = calibrated_copy(trained_run, tmp_path, images=12, methods=["max"], max_float_layers=2,
+                             qat={"when": "needed"})
+    report = json.loads((run / "calibration_report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["int8-max", "bc-int8-max"]
+    assert report["sensitivity_ranking"] is None and report["chosen"] == "bc-int8-max"
 
 
 def test_float_layers_really_stay_float(calibrated):
