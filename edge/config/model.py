@@ -168,8 +168,9 @@ class CalibrationConfig(Section):
     max_drop: Float = Field(0.003, ge=-1, le=1, description="... and lose at most this much accuracy there "
                                                           "(< 0 always runs the layer scan) ...")
     max_float_layers: Int = Field(4, ge=0, description="... else up to this many most sensitive layers stay float")
-    # INT8 shifts each layer's mean output; on new images of a Lite0 fold, every-layer INT8 kept
-    # 94.6 % of FP32's answers, and 98.7-99.5 % with its biases corrected (docs/int8.md).
+    # INT8 shifts each layer's mean output; on new images of a fold, every-layer INT8 of two Lite0
+    # models kept 93.8-95.1 % of FP32's answers, and 97.2-99.5 % with their biases corrected
+    # (docs/int8.md).
     bias_correction: Bool = Field(True, description="also quantize the model with its biases corrected for the "
                                                     "weights' INT8 rounding, then for each layer's measured "
                                                     "shift (calibration/bias_correction.py)")
