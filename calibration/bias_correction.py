@@ -92,15 +92,8 @@ def bias_corrected(source: Path, out: Path, means: LayerMeans, form: str = "tens
     constants = {i.name: i for i in graph.initializer}
     for node in corrected_layers(graph):
         weight = numpy_helper.to_array(constants[node.input[1]])
-        shift = output_shift(weight, attribute(node, "group", 1), means.inputs[node.input[0]], weight_levels(form))
-        if len(node.input) > 2 and node.input[2]:
-            bias = constants[node.input[2]]
-            bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) - shift.astype(np.float32), bias.name))
-        else:
-            name = f"{node.input[1]}_bias_correction"
-            graph.initializer.append(numpy_helper.from_array(-shift.astype(np.float32), name))
-            del node.input[2:]
-            node.input.append(name)
+        _Bias(graph, node).subtract(
+            output_shift(weight, attribute(node, "group", 1), means.inputs[node.input[0]], weight_levels(form)))
     onnx.save(model, str(out))
     return out
 
@@ -203,8 +196,8 @@ class _Walk:
 
 
 class _Bias:
-    """A layer's bias in a quantized model: a float constant (TensorRT's form), an int32 constant
-    behind a DequantizeLinear (ONNX Runtime's x86 form), or none yet: a float one is added, which
+    """A layer's bias: a float constant (FP32, TensorRT's form), an int32 constant behind a
+    DequantizeLinear (ONNX Runtime's x86 form), or none yet: a float one is added, which
     in the x86 form keeps ONNX Runtime from fusing that layer (step 1 gives every layer a bias
     before quantizing, so the quantizer makes it int32)."""
 

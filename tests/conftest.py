@@ -109,6 +109,18 @@ def calibrated_copy(trained_run, base: Path, **calibration):
     return path, base / "out"
 
 
+def layer_output_means(model: Path, layers, reader):
+    """The mean output over the reader's images of each node named in `layers`, as the (quantized)
+    model computes it; by node name."""
+    import onnx
+
+    from calibration.bias_correction import tensor_means
+
+    nodes = [n for n in onnx.load(str(model)).graph.node if n.name in layers]
+    means = tensor_means(model, [n.output[0] for n in nodes], reader)
+    return {n.name: means[n.output[0]] for n in nodes}
+
+
 @pytest.fixture
 def trashnet() -> Path:
     if not SHARED_TRASHNET.is_dir():

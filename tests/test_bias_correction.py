@@ -8,9 +8,20 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.bias_correction import (bias_corrected, layer_means, rounding_error, sequentially_corrected,
-                                        tensor_means, weight_levels)
+                                        weight_levels)
 from calibration.dataset import CalibrationReader
 from calibration.qdq import quantize_int8
+from tests.conftest import layer_output_means
+
+
+def saved(path, nodes, weights, side):
+    """A graph from input x (1, 3, side, side) to logits y (1, 4), its weights in FP32, saved to `path`."""
+    graph = helper.make_graph(nodes, path.stem,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
 
 
 def linear_model(path, rng):
@@ -23,11 +34,7 @@ def linear_model(path, rng):
              helper.make_node("GlobalAveragePool", ["b"], ["c"]),
              helper.make_node("Flatten", ["c"], ["d"]),
              helper.make_node("Gemm", ["d", "fc", "fc_bias"], ["y"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return saved(path, nodes, weights, side=6)
 
 
 def with_rounded_weights(path, out, levels):
@@ -98,11 +105,7 @@ def block_model(path, rng):
              helper.make_node("GlobalAveragePool", ["d"], ["e"]),
              helper.make_node("Flatten", ["e"], ["f"]),
              helper.make_node("Gemm", ["f", "fc", "fc_bias"], ["y"], name="fc", transB=1)]
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-                              [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return saved(path, nodes, weights, side=8)
 
 
 def bias_step(graph, name):
@@ -112,13 +115,6 @@ def bias_step(graph, name):
     dequantize = next((n for n in graph.node if node.input[2] in n.output), None)
     return 0.0 if dequantize is None else \
         numpy_helper.to_array(next(i for i in graph.initializer if i.name == dequantize.input[1]))
-
-
-def quantized_layer_means(path, reader):
-    """Each named Conv/Gemm's mean output in a (quantized) model, by node name."""
-    layers = [n for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "Gemm")]
-    means = tensor_means(path, [n.output[0] for n in layers], reader)
-    return {n.name: means[n.output[0]] for n in layers}
 
 
 @pytest.mark.parametrize("form", ["tensorrt", "cpu"])
@@ -132,7 +128,7 @@ def test_each_quantized_layer_is_given_the_fp32_mean_output_with_the_layers_befo
     means = layer_means(source, reader)
     corrected = sequentially_corrected(quantized, tmp_path / "corrected.onnx", means, reader)
 
-    before, after = quantized_layer_means(quantized, reader), quantized_layer_means(corrected, reader)
+    before, after = (layer_output_means(m, means.outputs, reader) for m in (quantized, corrected))
     assert set(after) == set(means.outputs) == {"expand", "depthwise", "project", "fc"}
     worst_before = max(np.abs(before[n] - means.outputs[n]).max() for n in means.outputs)
     assert worst_before > 0.01

@@ -13,7 +13,7 @@ from edge.vision.backends import onnxruntime as ort_backend, open_backend
 from edge.vision.backends.onnxruntime import int8_kernels_saturate
 from edge.cli import main
 from edge.errors import DataError
-from tests.conftest import calibrated_copy
+from tests.conftest import calibrated_copy, layer_output_means
 from edge.vision.dataset import Manifest
 
 
@@ -102,7 +102,7 @@ def test_report_lists_every_variant_and_keeps_the_best(calibrated):
 def test_bias_corrected_variants_give_each_layer_the_fp32_mean_output_over_the_calibration_images(calibrated):
     """Step 2 of bias correction runs on every variant of the corrected model, those with layers
     left in float too, and on no other."""
-    from calibration.bias_correction import layer_means, tensor_means
+    from calibration.bias_correction import layer_means
     from calibration.dataset import CalibrationReader, preprocess_files
     from train.onnx_meta import input_name
 
@@ -115,9 +115,8 @@ def test_bias_corrected_variants_give_each_layer_the_fp32_mean_output_over_the_c
     reference = layer_means(run / "calibration" / "model_prepared.onnx", reader).outputs
     post_training = [v for v in report["variants"] if not v["name"].startswith("qat-")]
     for variant in post_training:
-        layers = [n for n in onnx.load(variant["path"]).graph.node if n.name in reference]
-        means = tensor_means(Path(variant["path"]), [n.output[0] for n in layers], reader)
-        off = max(float(np.abs(means[n.output[0]] - reference[n.name]).max()) for n in layers)
+        means = layer_output_means(Path(variant["path"]), reference, reader)
+        off = max(float(np.abs(means[name] - reference[name]).max()) for name in reference)
         if variant["name"].startswith("bc-"):
             assert off < 1e-4, variant["name"]
         else:
